@@ -1,0 +1,214 @@
+"""One base causal LM shared by every role through peft LoRA adapters.
+
+Roles:
+  policy     adapter "policy"  + the LM head          -> token log-probs
+  value      adapter "value"   + a zero-initialised scalar head, per token
+  reward     adapter "reward"  + a scalar head, read at the last real token
+  reference  all adapters disabled (the untouched base) -> token log-probs
+The base weights stay frozen. `SharedBackbone.forward` computes several roles in ONE call so that DDP and DeepSpeed
+see one forward per backward; the adapter switch inside it always restores the previous adapter (try/finally).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from trl.trainer.utils import selective_log_softmax
+
+ADAPTER_ROLES = ("policy", "value", "reward")
+REFERENCE = "reference"
+ALL_ROLES = ADAPTER_ROLES + (REFERENCE,)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    target_modules: str = "all-linear"
+
+    def to_peft(self) -> LoraConfig:
+        targets = self.target_modules
+        if targets != "all-linear":
+            targets = [name.strip() for name in targets.split(",") if name.strip()]
+        # Dropout 0 in every role (DESIGN.md checklist): log-probs at sampling and update time must agree.
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, target_modules=targets, lora_dropout=0.0, bias="none",
+                          task_type="CAUSAL_LM")
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: the first real token gets 0. attention_mask [B, L] -> [B, L]."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row, for left- or right-padded rows. [B, L] -> [B]."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * positions).argmax(-1)
+
+
+class SharedBackbone(nn.Module):
+    """Base LM + adapters policy/value/reward + value and reward heads. Build with `SharedBackbone.build`."""
+
+    def __init__(self, peft_model: PeftModel):
+        super().__init__()
+        self.peft_model = peft_model
+        hidden = peft_model.get_base_model().config.hidden_size
+        self.value_head = nn.Linear(hidden, 1)
+        self.reward_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.value_head.weight)  # value head zero-init (checklist): first advantages = returns
+        nn.init.zeros_(self.value_head.bias)
+        nn.init.normal_(self.reward_head.weight, std=1.0 / math.sqrt(hidden + 1))
+        nn.init.zeros_(self.reward_head.bias)
+        self._adapter_params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
+        self.eval()  # dropout off in all roles; training mode is never needed
+
+    @classmethod
+    def build(cls, causal_lm: nn.Module, lora: LoraSettings) -> "SharedBackbone":
+        peft_config = lora.to_peft()
+        with warnings.catch_warnings():  # peft still reads transformers' deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(causal_lm, peft_config, adapter_name="policy")
+        for role in ADAPTER_ROLES[1:]:
+            peft_model.add_adapter(role, peft_config)
+        backbone = cls(peft_model)
+        backbone._activate("policy")
+        return backbone
+
+    def train(self, mode: bool = True) -> "SharedBackbone":
+        # Stay in eval mode: LoRA dropout is 0 and base dropout is disabled, and peft refuses mixed-adapter batches
+        # in training mode. Gradients do not depend on the module mode.
+        return super().train(False)
+
+    # Gradient checkpointing lives on the base model; trl's unwrap_model_for_generation toggles it around generate.
+    # transformers >= 5.20 calls it "activation checkpointing" and deprecates the old names.
+    def _checkpointing_api(self, new: str, old: str):
+        base = self.peft_model.get_base_model()
+        return getattr(base, new) if hasattr(type(base), new) else getattr(base, old)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self._checkpointing_api("is_activation_checkpointing", "is_gradient_checkpointing")
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        base = self.peft_model.get_base_model()
+        if hasattr(type(base), "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self._checkpointing_api("activation_checkpointing_disable", "gradient_checkpointing_disable")()
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # adapter switching
+    # ---------------------------------------------------------------------------------------------------------------
+    def _activate(self, role: str) -> None:
+        self.peft_model.set_adapter(role)
+        # peft's set_adapter freezes the other adapters; keep every adapter trainable so that the optimizer's and
+        # DDP's parameter sets never change. Only the active adapter takes part in a forward, so only it gets grads.
+        for param in self._adapter_params:
+            param.requires_grad_(True)
+
+    @property
+    def active_role(self) -> str:
+        active = self.peft_model.active_adapter
+        return active if isinstance(active, str) else active[0]
+
+    @contextlib.contextmanager
+    def role(self, role: str):
+        """Run the body with `role`'s adapter active (or all adapters off for "reference"); always restore."""
+        if role not in ALL_ROLES:
+            raise ValueError(f"unknown role {role!r}: expected one of {ALL_ROLES}")
+        if role == REFERENCE:
+            try:
+                with self.peft_model.disable_adapter():
+                    yield
+            finally:
+                for param in self._adapter_params:  # disable_adapter's exit re-runs set_adapter (freezes others)
+                    param.requires_grad_(True)
+            return
+        previous = self.active_role
+        self._activate(role)
+        try:
+            yield
+        finally:
+            self._activate(previous)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # parameters by role
+    # ---------------------------------------------------------------------------------------------------------------
+    def role_parameters(self, role: str) -> list[nn.Parameter]:
+        """Trainable parameters of one role: its adapter (+ its scalar head)."""
+        params = [p for n, p in self.peft_model.named_parameters() if "lora_" in n and f".{role}." in n]
+        if role == "value":
+            params += list(self.value_head.parameters())
+        elif role == "reward":
+            params += list(self.reward_head.parameters())
+        return params
+
+    def role_state_dict(self, role: str) -> dict[str, torch.Tensor]:
+        """Detached copies of one role's weights (adapter + head), e.g. the RM snapshot that refit mode restores."""
+        names = {id(p) for p in self.role_parameters(role)}
+        return {n: p.detach().clone() for n, p in self.named_parameters() if id(p) in names}
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # forward
+    # ---------------------------------------------------------------------------------------------------------------
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        decoder = self.peft_model.get_base_model().get_decoder()
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+        return out.last_hidden_state
+
+    def _token_logprobs(self, hidden: torch.Tensor, input_ids: torch.Tensor, start: int, temperature: float):
+        lm_head = self.peft_model.get_base_model().get_output_embeddings()
+        logits = lm_head(hidden[:, start - 1 : -1])  # position t-1 predicts token t; only response positions
+        return selective_log_softmax(logits.float(), input_ids[:, start:], temperature=temperature)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        roles: tuple[str, ...] = ("policy",),
+        response_start: int | None = None,
+        temperature: float = 1.0,
+    ) -> dict[str, torch.Tensor]:
+        """Compute several roles on the same sequences in one call.
+
+        input_ids, attention_mask: [B, L] (prompt left-padded to P = response_start, then the response).
+        Returns, per requested role:
+          "policy", "reference": log pi(y_t | ...) / temperature-scaled, for tokens input_ids[:, P:]  -> [B, L-P]
+          "value":  V(s_t) at the state before each response token                               -> [B, L-P]
+          "reward": r(x, y) read at the last real token (any padding side; response_start unused)   -> [B]
+        """
+        out: dict[str, torch.Tensor] = {}
+        needs_start = any(r != "reward" for r in roles)
+        if needs_start and (response_start is None or not 0 < response_start < input_ids.shape[1]):
+            raise ValueError(f"response_start must be in (0, {input_ids.shape[1]}), got {response_start}")
+        for role in roles:
+            with self.role(role):
+                hidden = self._hidden(input_ids, attention_mask)
+            if role in ("value", "reward"):
+                hidden = hidden.to(self.value_head.weight.dtype)  # heads stay float32 whatever the base dtype
+            if role in ("policy", REFERENCE):
+                out[role] = self._token_logprobs(hidden, input_ids, response_start, temperature)
+            elif role == "value":
+                out[role] = self.value_head(hidden[:, response_start - 1 : -1]).squeeze(-1).float()
+            else:
+                last = last_token_index(attention_mask)
+                pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+                out[role] = self.reward_head(pooled).squeeze(-1).float()
+        return out
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **generation_kwargs) -> torch.Tensor:
+        """Sample continuations with the policy adapter. Returns [B * num_return_sequences, P + new tokens]."""
+        with self.role("policy"):
+            return self.peft_model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)

@@ -1,0 +1,44 @@
+"""Command-line entry shared by the recipes: config loading, logging, clean errors for bad input."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from apo_online.config import ConfigError, load_config
+
+
+def _setup_logging() -> None:
+    rank = os.environ.get("RANK", "0")
+    level = logging.INFO if rank == "0" else logging.WARNING
+    logging.basicConfig(level=level, format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None) -> int:
+    """Run one game. Bad configuration or data exits with status 2 and a one-line message, no traceback."""
+    from apo_online.data_formats import DataFormatError
+    from apo_online.model_loading import MissingOfflinePackage
+
+    _setup_logging()
+    log = logging.getLogger("apo_online")
+    try:
+        config = load_config(argv, default_yaml=default_yaml)
+        if game_cls is None:
+            from apo_online.game import APOGame as game_cls
+        started = time.perf_counter()
+        game = game_cls(config)
+        metrics = game.run()
+    except (ConfigError, DataFormatError, MissingOfflinePackage, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if game.accelerator.is_main_process:
+        log.info("finished %d steps in %.1f s; TensorBoard: tensorboard --logdir %s", game.step,
+                 time.perf_counter() - started, config.game.output_dir)
+        shown = {k: round(v, 4) for k, v in sorted(metrics.items()) if not k.startswith("timing/")}
+        log.info("last step metrics: %s", shown)
+    return 0

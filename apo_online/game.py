@@ -1,0 +1,229 @@
+"""The online APO game, step by step (DESIGN.md):
+
+  0. RM warm-up: Bradley-Terry on human preference pairs (the base RM; refit mode returns to it)
+  for each step:
+    1. rollout       sample responses with the policy adapter, cut at the stop token, score with the RM,
+                     reference log-probs with adapters off, values with the value adapter
+    2. policy update the pluggable policy optimizer (PPO by default) consumes the rollout
+    3. RM update     every rm_update_every steps: the adversarial APO refit of the reward adapter on
+                     (gold, fresh sample) groups from the buffer + beta2 * human pairs
+    4. bookkeeping   log to TensorBoard, evaluate, checkpoint on their cadences
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate.utils import gather_object, set_seed
+from tqdm.auto import tqdm
+
+from apo_online.backbone import LoraSettings, SharedBackbone
+from apo_online.checkpoint import export_adapters, load_checkpoint, resolve_resume_path, save_checkpoint
+from apo_online.config import Config
+from apo_online.data import PromptEncoder, PromptSampler, TaskData
+from apo_online.data_formats import load_task_data
+from apo_online.distributed import make_accelerator
+from apo_online.model_loading import load_causal_lm
+from apo_online.optimizers.base import build_policy_optimizer
+from apo_online.reward import AdversarialRewardStep, SampleBuffer, encode_pairs
+from apo_online.rollout import collect_rollout
+from apo_online.training import RoleAdamW, TrainingContext
+
+logger = logging.getLogger(__name__)
+
+
+class APOGame:
+    def __init__(self, config: Config, accelerator=None, task: TaskData | None = None):
+        self.config = config
+        self.accelerator = accelerator or make_accelerator(config.game)
+        config.validate(self.accelerator.num_processes)
+        set_seed(config.game.seed)  # identical initial weights on every process
+        self.policy_optimizer = build_policy_optimizer(config)
+        self.spec = self.policy_optimizer.rollout_spec()
+        self._build_model()
+        self._build_data(task)
+        self.buffer = SampleBuffer(config.game.buffer_size)
+        self.rm_step = AdversarialRewardStep(self.ctx, config.game, self.prompts, self.pairs, self.tokenizer.pad_token_id,
+                                             seed=config.game.seed + self.accelerator.process_index)
+        self.policy_optimizer.setup(self.ctx, self)
+        self.step, self.warmed_up, self.stop_requested = 0, False, False
+        self.evaluators = []  # callables game -> dict of eval metrics, run every game.eval_every steps
+        set_seed(config.game.seed + self.accelerator.process_index)  # different samples on every process
+
+    def _build_model(self) -> None:
+        mc = self.config.model
+        causal_lm, self.tokenizer = load_causal_lm(mc)
+        backbone = SharedBackbone.build(causal_lm, LoraSettings(mc.lora_r, mc.lora_alpha, mc.lora_target_modules))
+        if mc.gradient_checkpointing:
+            backbone.gradient_checkpointing_enable()
+        rates = dict(self.policy_optimizer.learning_rates(), reward=self.config.game.rm_learning_rate)
+        groups = {role: {"params": backbone.role_parameters(role), "lr": lr} for role, lr in rates.items()}
+        optimizer = RoleAdamW(groups, weight_decay=0.0)
+        self.model, self.optimizer = self.accelerator.prepare(backbone, optimizer)
+        self.ctx = TrainingContext(self.accelerator, self.model, self.optimizer, self.config.game.max_grad_norm,
+                                   self.config.game.max_consecutive_skips)
+
+    def _build_data(self, task: TaskData | None) -> None:
+        dc = self.config.data
+        self.task = task or load_task_data(dc, self.config.game.seed)
+        self.encoder = PromptEncoder(self.tokenizer, dc.max_prompt_tokens, dc.prompt_overflow, dc.max_response_tokens,
+                                     dc.system_prompt)
+        self.prompts = self.encoder.encode_prompts(self.task.train_prompts)
+        self.pairs = encode_pairs(self.encoder, self.task.preference_pairs)
+        self.eval_pairs = encode_pairs(self.encoder, self.task.eval_preference_pairs)
+        self.sampler = PromptSampler(len(self.prompts), self.config.rollout.prompts_per_step, self.config.game.seed,
+                                     self.accelerator.process_index, self.accelerator.num_processes)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # the loop
+    # ---------------------------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, float]:
+        g = self.config.game
+        self._resume()
+        self.accelerator.init_trackers("tensorboard", config=_flat_hparams(self.config))
+        if not self.warmed_up:  # 0. RM warm-up
+            self._log(self.rm_step.warmup(g.rm_warmup_steps), step=0)
+            self.warmed_up = True
+        metrics: dict[str, float] = {}
+        previous_handlers = self._install_signal_handlers()
+        bar = tqdm(total=g.total_steps, initial=self.step, desc="APO game", disable=not self.accelerator.is_main_process)
+        try:
+            while self.step < g.total_steps and not self.stop_requested:
+                metrics = self.play_step()
+                # every process must agree to stop, or the next collective would hang
+                self.stop_requested = bool(self.ctx.global_sum(float(self.stop_requested)) > 0)
+                bar.update(1)
+                bar.set_postfix(score=f"{metrics.get('objective/scores', float('nan')):.3f}",
+                                kl=f"{metrics.get('objective/kl', float('nan')):.3f}")
+                if g.save_every and self.step % g.save_every == 0:
+                    save_checkpoint(self, self.step)
+            if self.stop_requested:
+                logger.warning("stop requested by signal: checkpoint at step %d", self.step)
+                save_checkpoint(self, self.step)
+        finally:
+            bar.close()
+            self._restore_signal_handlers(previous_handlers)
+        if not self.stop_requested:
+            save_checkpoint(self, self.step)
+            self.save_final()
+        self.accelerator.end_training()
+        return metrics
+
+    def play_step(self) -> dict[str, float]:
+        g, started = self.config.game, time.perf_counter()
+        # 1. rollout
+        positions = self.sampler.next_batch()
+        rollout = collect_rollout(self.ctx, [self.prompts[i] for i in positions], positions, self.config.rollout,
+                                  self.spec, self.tokenizer)
+        after_rollout = time.perf_counter()
+        # 2. policy update
+        metrics = self.policy_optimizer.step(rollout)
+        after_policy = time.perf_counter()
+        # 3. adversarial RM update on fresh samples of gold-annotated prompts
+        rows = [i for i, p in enumerate(rollout.prompt_index.tolist()) if self.prompts[p].gold_ids is not None]
+        responses = rollout.response_lists()
+        self.buffer.add([int(rollout.prompt_index[i]) for i in rows], [responses[i] for i in rows])
+        if g.rm_update_every and (self.step + 1) % g.rm_update_every == 0:
+            metrics.update(self.rm_step.update(self.buffer))
+        after_rm = time.perf_counter()
+        # 4. bookkeeping
+        self.step += 1
+        metrics.update({
+            "response/length": rollout.response_mask.sum(1).mean().item(),
+            "response/eos_fraction": rollout.has_eos.float().mean().item(),
+            "train/skipped_updates": float(self.ctx.skipped_updates),
+            "timing/rollout_s": after_rollout - started,
+            "timing/policy_update_s": after_policy - after_rollout,
+            "timing/rm_update_s": after_rm - after_policy,
+        })
+        if g.eval_every and self.step % g.eval_every == 0:
+            metrics.update(self.evaluate())
+        metrics["timing/step_s"] = time.perf_counter() - started
+        return self._log(metrics, self.step)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """RM preference accuracy on held-out pairs, plus every registered evaluator."""
+        metrics: dict[str, float] = {}
+        if self.eval_pairs:
+            with torch.no_grad():
+                _, rm_metrics = self.rm_step.loss([], self.eval_pairs[:32])
+            metrics["eval/rm_pref_accuracy"] = rm_metrics["rm/pref_accuracy"]
+        for evaluator in self.evaluators:
+            metrics.update(evaluator(self))
+        return metrics
+
+    def _log(self, metrics: dict[str, float], step: int) -> dict[str, float]:
+        """Average each metric over processes, then write it to TensorBoard (main process)."""
+        if self.accelerator.num_processes > 1:
+            everyone = gather_object([metrics])
+            keys = sorted({k for m in everyone for k in m})
+            metrics = {k: sum(m[k] for m in everyone if k in m) / sum(1 for m in everyone if k in m) for k in keys}
+        if metrics:
+            self.accelerator.log(metrics, step=step)
+        return metrics
+
+    def save_final(self) -> Path:
+        """<output_dir>/final: peft adapters, heads, tokenizer and the config, for users and eval scripts."""
+        final = Path(self.config.game.output_dir) / "final"
+        if self.accelerator.is_main_process:
+            backbone = self.accelerator.unwrap_model(self.model)
+            export_adapters(backbone, final)
+            self.tokenizer.save_pretrained(str(final / "tokenizer"))
+            (final / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        self.accelerator.wait_for_everyone()
+        return final
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # resumable state
+    # ---------------------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "warmed_up": self.warmed_up, "sampler": self.sampler.state_dict(),
+                "buffer": self.buffer.state_dict(), "rm_step": self.rm_step.state_dict(),
+                "policy_optimizer": self.policy_optimizer.state_dict(),
+                "skipped_updates": self.ctx.skipped_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.warmed_up = state["step"], state["warmed_up"]
+        self.sampler.load_state_dict(state["sampler"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.rm_step.load_state_dict(state["rm_step"])
+        self.policy_optimizer.load_state_dict(state["policy_optimizer"])
+        self.ctx.skipped_updates = state["skipped_updates"]
+
+    def _resume(self) -> None:
+        path = resolve_resume_path(self.config.game.resume_from_checkpoint, self.config.game.output_dir)
+        if path is not None:
+            step = load_checkpoint(self, path)
+            logger.info("resumed from %s at step %d", path, step)
+
+    def _install_signal_handlers(self) -> dict:
+        """SIGTERM/SIGINT finish the current step, write a checkpoint and stop (main thread only)."""
+        def request_stop(signum, frame):
+            self.stop_requested = True
+
+        previous = {}
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, request_stop)
+        except ValueError:  # not in the main thread
+            pass
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _flat_hparams(config: Config) -> dict:
+    flat = {}
+    for section, values in config.to_dict().items():
+        for key, value in values.items():
+            flat[f"{section}/{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat

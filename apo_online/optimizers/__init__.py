@@ -1,0 +1,12 @@
+"""Policy optimizers: PPO (default), DPO, RJS, and any registered by the user."""
+
+from apo_online.optimizers.base import (
+    PolicyOptimizer,
+    build_policy_optimizer,
+    get_optimizer_entry,
+    known_optimizer_names,
+    register_optimizer,
+)
+
+__all__ = ["PolicyOptimizer", "build_policy_optimizer", "get_optimizer_entry", "known_optimizer_names",
+           "register_optimizer"]

@@ -1,0 +1,170 @@
+"""PPO for language models, following DESIGN.md's checklist ("The N Implementation Details of RLHF with PPO").
+
+Per rollout: per-token KL penalty (k1 or k3) with the RM score added at the last valid token; GAE over response
+tokens (gamma=1, lambda=0.95 by default); advantages whitened over all processes. Then ppo_epochs passes over the
+rollout in num_minibatches minibatches of gradient_accumulation_steps micro-batches each, with the clipped policy
+and clipped value losses. Every micro-batch loss is divided by the valid-token count of its whole minibatch
+(summed over processes), so the update does not depend on how the minibatch is split into micro-batches or
+processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from apo_online import losses
+from apo_online.config import ConfigError
+from apo_online.optimizers.base import register_optimizer
+from apo_online.rollout import Rollout, RolloutSpec
+
+
+@dataclass
+class PPOConfig:
+    learning_rate: float = 1e-4  # policy adapter
+    value_learning_rate: float = 1e-4  # value adapter + value head
+    ppo_epochs: int = 2
+    num_minibatches: int = 1
+    gradient_accumulation_steps: int = 1
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_coef: float = 0.05
+    kl_estimator: str = "k1"  # k1 | k3
+    adaptive_kl: bool = False
+    target_kl: float = 6.0  # adaptive controller target (sequence KL, nats)
+    kl_horizon: int = 10000
+    whiten_advantages: bool = True
+    whiten_rewards: bool = False
+
+
+def validate_ppo(config, world_size: int) -> None:
+    ppo = config.optimizer_config("ppo")
+    rows = config.rollout.prompts_per_step * config.rollout.samples_per_prompt
+    split = ppo.num_minibatches * ppo.gradient_accumulation_steps
+    if ppo.num_minibatches < 1 or ppo.gradient_accumulation_steps < 1 or ppo.ppo_epochs < 1:
+        raise ConfigError("ppo.num_minibatches, ppo.gradient_accumulation_steps and ppo.ppo_epochs must be >= 1")
+    if rows % split:
+        raise ConfigError(
+            f"rollout.prompts_per_step x rollout.samples_per_prompt = {rows} rollouts per process must divide "
+            f"evenly into ppo.num_minibatches x ppo.gradient_accumulation_steps = {split} micro-batches")
+    if ppo.kl_estimator not in ("k1", "k3"):
+        raise ConfigError(f"ppo.kl_estimator must be 'k1' or 'k3', got {ppo.kl_estimator!r}")
+
+
+@register_optimizer("ppo", PPOConfig, validate_ppo)
+class PPO:
+    name = "ppo"
+    roles = ("policy", "value")
+
+    def __init__(self, config: PPOConfig):
+        self.config = config
+        self.kl_coef = config.kl_coef
+        self.generator = torch.Generator()
+        self.ctx = None
+
+    def learning_rates(self) -> dict[str, float]:
+        return {"policy": self.config.learning_rate, "value": self.config.value_learning_rate}
+
+    def rollout_spec(self) -> RolloutSpec:
+        return RolloutSpec(samples_per_prompt=1, needs_values=True, needs_ref_logprobs=True)
+
+    def setup(self, ctx, game) -> None:
+        self.ctx = ctx
+        self.generator.manual_seed(game.config.game.seed + 1000 * ctx.accelerator.process_index)
+
+    def state_dict(self) -> dict:
+        return {"kl_coef": self.kl_coef, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kl_coef = state["kl_coef"]
+        self.generator.set_state(state["generator"])
+
+    # ---------------------------------------------------------------------------------------------------------------
+    def _global_whiten(self, values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+        """Whiten with mean/variance over the valid tokens of every process (same as 1 process, same batch)."""
+        count = self.ctx.global_sum(mask.sum())
+        mean = self.ctx.global_sum((values * mask).sum()) / count
+        var = self.ctx.global_sum((((values - mean) ** 2) * mask).sum()) / (count - 1).clamp(min=1.0)
+        return losses.whiten(values, mask, mean, var, shift_mean)
+
+    @torch.no_grad()
+    def compute_advantages(self, rollout: Rollout) -> dict[str, torch.Tensor]:
+        cfg, mask = self.config, rollout.response_mask
+        kl = losses.kl_estimate(rollout.logprobs, rollout.ref_logprobs, cfg.kl_estimator) * mask
+        rewards = losses.token_rewards(rollout.scores, kl, mask, self.kl_coef)
+        if cfg.whiten_rewards:
+            rewards = self._global_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = losses.gae_advantages(rewards, rollout.values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = self._global_whiten(advantages, mask)
+        return {"kl": kl, "rewards": rewards, "advantages": advantages, "returns": returns}
+
+    def step(self, rollout: Rollout) -> dict[str, float]:
+        cfg = self.config
+        batch = self.compute_advantages(rollout)
+        sums = {"policy_loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0, "vf_clipfrac": 0.0, "approx_kl": 0.0}
+        total_tokens, grad_norms = 0.0, []
+        rows = len(rollout)
+        minibatch = rows // cfg.num_minibatches
+        micro = minibatch // cfg.gradient_accumulation_steps
+        with self.ctx.phase(self.roles):
+            for _ in range(cfg.ppo_epochs):
+                order = torch.randperm(rows, generator=self.generator).to(rollout.input_ids.device)
+                for start in range(0, rows, minibatch):
+                    indices = order[start : start + minibatch]
+                    num_tokens = self.ctx.global_sum(rollout.response_mask[indices].sum()).clamp(min=1.0)
+                    num_tokens = num_tokens / self.ctx.accelerator.num_processes  # DDP averages gradients
+                    for k in range(cfg.gradient_accumulation_steps):
+                        part = indices[k * micro : (k + 1) * micro]
+                        stats = self._micro_step(rollout, batch, part, num_tokens,
+                                                 is_last=k == cfg.gradient_accumulation_steps - 1)
+                        for key in sums:
+                            sums[key] += stats[key]
+                    total_tokens += float(num_tokens)
+                    grad_norms.append(self.ctx.optimizer_step()["grad_norm"])
+        if cfg.adaptive_kl:
+            mean_kl = float(self.ctx.global_sum(batch["kl"].sum()) / self.ctx.global_sum(rows))
+            self.kl_coef = losses.adaptive_kl_coef(self.kl_coef, mean_kl, cfg.target_kl, cfg.kl_horizon, rows)
+        return self._metrics(rollout, batch, sums, total_tokens, grad_norms)
+
+    def _micro_step(self, rollout: Rollout, batch, part: torch.Tensor, num_tokens, is_last: bool) -> dict:
+        cfg, P = self.config, rollout.prompt_length
+        mask = rollout.response_mask[part]
+        width = int(mask.sum(1).max().item()) if mask.numel() else 1  # drop columns that are padding everywhere
+        width = max(width, 1)
+        mask = mask[:, :width]
+        with self.ctx.micro_batch(is_last):
+            out = self.ctx.model(rollout.input_ids[part, : P + width], rollout.attention_mask[part, : P + width],
+                                 roles=("policy", "value"), response_start=P, temperature=rollout.temperature)
+            pg_loss, pg_stats = losses.ppo_policy_loss(
+                out["policy"], rollout.logprobs[part, :width], batch["advantages"][part, :width], mask,
+                cfg.cliprange, num_tokens)
+            vf_loss, vf_stats = losses.ppo_value_loss(
+                out["value"], rollout.values[part, :width], batch["returns"][part, :width], mask,
+                cfg.cliprange_value, num_tokens)
+            self.ctx.backward(pg_loss + cfg.vf_coef * vf_loss)
+        n = float(num_tokens)
+        return {"policy_loss": pg_loss.item() * n, "value_loss": vf_loss.item() * n,
+                "clipfrac": pg_stats["clipfrac_sum"].item(), "vf_clipfrac": vf_stats["vf_clipfrac_sum"].item(),
+                "approx_kl": pg_stats["approx_kl_sum"].item()}
+
+    def _metrics(self, rollout: Rollout, batch, sums, total_tokens: float, grad_norms: list[float]) -> dict:
+        mask = rollout.response_mask
+        sequence_kl = batch["kl"].sum(1)
+        metrics = {f"ppo/{key}": value / max(total_tokens, 1.0) for key, value in sums.items()}
+        metrics.update({
+            "objective/kl": sequence_kl.mean().item(),
+            "objective/scores": rollout.scores.mean().item(),
+            "objective/rm_scores": rollout.rm_scores.mean().item(),
+            "objective/rlhf_reward": (rollout.scores - self.kl_coef * sequence_kl).mean().item(),
+            "objective/entropy": (-(rollout.logprobs * mask).sum(1)).mean().item(),
+            "ppo/kl_coef": self.kl_coef,
+            "ppo/grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
+            "ppo/returns_mean": losses.masked_mean(batch["returns"], mask).item(),
+            "ppo/values_mean": losses.masked_mean(rollout.values, mask).item(),
+        })
+        return metrics

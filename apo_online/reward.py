@@ -1,0 +1,188 @@
+"""The adversarial reward-model step of APO and its buffer of recent policy samples (DESIGN.md step 4).
+
+Every `game.rm_update_every` policy steps the "reward" adapter (+ reward head) is refit with
+
+    L_RM = apo_coeff * L_APO(gold vs fresh policy samples) + beta2 * L_BT(human preference pairs)
+
+on (gold, sample) groups drawn from the buffer of recent rollouts on prompts that have a gold response, plus human
+preference pairs. In "refit" mode the RM restarts each time from the RM the game started with (after the warm-up),
+optimizer state included (the paper's stable setting); in "continue" mode it keeps training ("seq" setting).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from apo_online import losses
+from apo_online.data import EncodedPrompt, join_prompt_response
+
+
+@dataclass
+class BufferedSample:
+    prompt_position: int  # position in the game's encoded prompt list
+    response_ids: list[int]
+
+
+class SampleBuffer:
+    """The most recent policy samples on gold-annotated prompts (FIFO, `capacity` samples, per process)."""
+
+    def __init__(self, capacity: int):
+        self.samples: deque[BufferedSample] = deque(maxlen=capacity)
+
+    def add(self, prompt_positions: list[int], responses: list[list[int]]) -> None:
+        for position, response in zip(prompt_positions, responses):
+            self.samples.append(BufferedSample(position, list(response)))
+
+    def groups(self) -> dict[int, list[list[int]]]:
+        """prompt position -> its buffered responses (oldest first)."""
+        grouped: dict[int, list[list[int]]] = {}
+        for sample in self.samples:
+            grouped.setdefault(sample.prompt_position, []).append(sample.response_ids)
+        return grouped
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def state_dict(self) -> dict:
+        return {"capacity": self.samples.maxlen,
+                "samples": [(s.prompt_position, s.response_ids) for s in self.samples]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.samples = deque((BufferedSample(p, r) for p, r in state["samples"]), maxlen=state["capacity"])
+
+
+@dataclass
+class EncodedPair:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+
+def encode_pairs(encoder, pairs) -> list[EncodedPair]:
+    """PreferencePair -> token ids (prompts over the limit are dropped or cut per data.prompt_overflow)."""
+    encoded = []
+    for pair in pairs:
+        prompt = encoder.prompt_ids(pair.messages)
+        if prompt is not None:
+            encoded.append(EncodedPair(prompt, encoder.response_ids(pair.chosen), encoder.response_ids(pair.rejected)))
+    return encoded
+
+
+class AdversarialRewardStep:
+    """Warm-up (Bradley-Terry on human pairs) and the APO refits of the reward role."""
+
+    def __init__(self, ctx, game_config, prompts: list[EncodedPrompt], pairs: list[EncodedPair], pad_id: int,
+                 seed: int):
+        self.ctx, self.cfg = ctx, game_config
+        self.prompts, self.pairs, self.pad_id = prompts, pairs, pad_id
+        self.rng = random.Random(seed)
+        self.base_state: dict[str, torch.Tensor] | None = None
+        self.updates = 0
+
+    # ---------------------------------------------------------------------------------------------------------------
+    def _scores(self, prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
+        """One forward of the reward role over prompt+response sequences -> [B] (with grad)."""
+        input_ids, attention_mask, _ = join_prompt_response(prompts, responses, self.pad_id)
+        device = self.ctx.device
+        return self.ctx.model(input_ids.to(device), attention_mask.to(device), roles=("reward",))["reward"]
+
+    def _draw_pairs(self) -> list[EncodedPair]:
+        k = min(self.cfg.rm_pairs_per_step, len(self.pairs))
+        return self.rng.sample(self.pairs, k) if k else []
+
+    def _draw_groups(self, buffer: SampleBuffer) -> list[tuple[int, list[list[int]]]]:
+        groups = [(p, r) for p, r in sorted(buffer.groups().items()) if self.prompts[p].gold_ids is not None]
+        return self.rng.sample(groups, min(self.cfg.rm_queries_per_step, len(groups)))
+
+    def loss(self, groups, pairs) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_RM on Q (gold, samples) groups and K human pairs, scored in one forward."""
+        prompts, responses = [], []
+        for position, samples in groups:
+            prompt = self.prompts[position]
+            prompts += [prompt.input_ids] * (1 + len(samples))
+            responses += [prompt.gold_ids] + samples
+        for pair in pairs:
+            prompts += [pair.prompt_ids, pair.prompt_ids]
+            responses += [pair.chosen_ids, pair.rejected_ids]
+        scores = self._scores(prompts, responses)
+        zero = scores.sum() * 0.0  # keeps the graph connected when a term is empty
+        metrics: dict[str, float] = {}
+        loss_apo = loss_pref = zero
+        cursor = 0
+        if groups:
+            width = max(len(s) for _, s in groups)
+            sample_scores = torch.zeros(len(groups), width, device=scores.device)
+            sample_mask = torch.zeros(len(groups), width, device=scores.device)
+            gold_rows, sample_rows = [], []
+            for _, samples in groups:
+                gold_rows.append(cursor)
+                sample_rows.append([cursor + 1 + j for j in range(len(samples))])
+                cursor += 1 + len(samples)
+            gold = scores[torch.tensor(gold_rows, device=scores.device)]
+            for q, rows in enumerate(sample_rows):
+                sample_scores[q, : len(rows)] = scores[torch.tensor(rows, device=scores.device)]
+                sample_mask[q, : len(rows)] = 1.0
+            loss_apo = losses.apo_rm_loss(gold, sample_scores, sample_mask)
+            gap = gold.detach() - losses.masked_mean(sample_scores.detach(), sample_mask, dim=1)
+            metrics.update({"rm/loss_apo": loss_apo.item(), "rm/gold_minus_sample": gap.mean().item(),
+                            "rm/gold_score": gold.mean().item()})
+        if pairs:
+            chosen, rejected = scores[cursor::2], scores[cursor + 1 :: 2]
+            loss_pref = losses.bradley_terry_loss(chosen, rejected)
+            metrics.update({"rm/loss_pref": loss_pref.item(),
+                            "rm/pref_accuracy": (chosen > rejected).float().mean().item()})
+        total = losses.apo_total_rm_loss(loss_apo, loss_pref, self.cfg.apo_coeff, self.cfg.beta2)
+        metrics["rm/loss"] = total.item()
+        return total, metrics
+
+    def _train(self, steps: int, buffer: SampleBuffer | None) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        with self.ctx.phase(("reward",)):
+            for _ in range(steps):
+                groups = self._draw_groups(buffer) if buffer is not None else []
+                with self.ctx.micro_batch(is_last=True):
+                    loss, metrics = self.loss(groups, self._draw_pairs())
+                    self.ctx.backward(loss)
+                metrics["rm/grad_norm"] = self.ctx.optimizer_step()["grad_norm"]
+                for key, value in metrics.items():
+                    totals[key] = totals.get(key, 0.0) + value / steps
+        return totals
+
+    # ---------------------------------------------------------------------------------------------------------------
+    def warmup(self, steps: int) -> dict[str, float]:
+        """Bradley-Terry training on human pairs before the game; its result is the base RM of refit mode."""
+        metrics = self._train(steps, None) if steps and self.pairs else {}
+        self.snapshot_base()
+        return {k.replace("rm/", "rm_warmup/"): v for k, v in metrics.items()}
+
+    def snapshot_base(self) -> None:
+        self.base_state = self.ctx.accelerator.unwrap_model(self.ctx.model).role_state_dict("reward")
+
+    def restore_base(self) -> None:
+        backbone = self.ctx.accelerator.unwrap_model(self.ctx.model)
+        params = dict(backbone.named_parameters())
+        with torch.no_grad():
+            for name, value in self.base_state.items():
+                params[name].copy_(value)
+        self.ctx.role_optimizer.reset_role_state("reward")
+
+    def update(self, buffer: SampleBuffer) -> dict[str, float]:
+        """One adversarial RM update on the buffer: refit from the base RM or continue, then train."""
+        if self.cfg.rm_mode == "refit":
+            self.restore_base()
+        self.updates += 1
+        metrics = self._train(self.cfg.rm_steps_per_update, buffer)
+        metrics["rm/buffer_size"] = float(len(buffer))
+        metrics["rm/updates"] = float(self.updates)
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "base_state": self.base_state, "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+        self.base_state, self.updates = state["base_state"], state["updates"]

@@ -1,0 +1,122 @@
+"""Rollout: sample responses with the policy adapter, cut them at the stop token, and score them.
+
+Rows are prompt-major: with n samples per prompt, rows i*n .. i*n+n-1 answer prompt i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from trl.models.utils import unwrap_model_for_generation
+
+from apo_online.data import EncodedPrompt, left_pad
+
+
+@dataclass
+class RolloutSpec:
+    """What a policy optimizer needs from a rollout."""
+
+    samples_per_prompt: int = 1
+    needs_values: bool = False
+    needs_ref_logprobs: bool = True
+
+
+@dataclass
+class Rollout:
+    prompt_index: torch.Tensor  # [B] position of each row's prompt in the game's encoded prompt list
+    input_ids: torch.Tensor  # [B, P+R] prompt left-padded to P, then the response (pad after the stop token)
+    attention_mask: torch.Tensor  # [B, P+R]
+    prompt_length: int  # P
+    response_mask: torch.Tensor  # [B, R] float: 1 on response tokens up to and including the stop token
+    logprobs: torch.Tensor  # [B, R] policy log-probs at sampling time (temperature-scaled), 0 outside the mask
+    scores: torch.Tensor  # [B] RM score minus the missing-EOS penalty
+    rm_scores: torch.Tensor  # [B] raw RM score
+    has_eos: torch.Tensor  # [B] bool: the response produced the stop token
+    samples_per_prompt: int
+    temperature: float
+    ref_logprobs: torch.Tensor | None = None  # [B, R]
+    values: torch.Tensor | None = None  # [B, R] V(s_t) before each response token, 0 outside the mask
+
+    @property
+    def response_ids(self) -> torch.Tensor:  # [B, R]
+        return self.input_ids[:, self.prompt_length :]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def response_lists(self) -> list[list[int]]:
+        """Each row's response tokens without padding (stop token included when present)."""
+        lengths = self.response_mask.sum(1).long().tolist()
+        return [row[:n] for row, n in zip(self.response_ids.tolist(), lengths)]
+
+    def prompt_lists(self) -> list[list[int]]:
+        """Each row's prompt tokens without padding."""
+        mask = self.attention_mask[:, : self.prompt_length].bool()
+        return [ids[m].tolist() for ids, m in zip(self.input_ids[:, : self.prompt_length], mask)]
+
+
+def truncate_at_stop(responses: torch.Tensor, stop_ids: list[int], pad_id: int):
+    """Keep each response up to and including its first stop token; pad the rest.
+
+    responses [B, R] -> (responses [B, R], mask [B, R] float, has_stop [B] bool)."""
+    is_stop = torch.isin(responses, torch.tensor(stop_ids, device=responses.device))
+    has_stop = is_stop.any(1)
+    length = responses.shape[1]
+    first_stop = torch.where(has_stop, is_stop.float().argmax(1), torch.full_like(has_stop, length - 1, dtype=torch.long))
+    positions = torch.arange(length, device=responses.device)
+    mask = positions.unsqueeze(0) <= first_stop.unsqueeze(1)
+    return torch.where(mask, responses, torch.full_like(responses, pad_id)), mask.float(), has_stop
+
+
+@torch.no_grad()
+def score_sequences(backbone, input_ids, attention_mask, prompt_length: int, roles: tuple[str, ...],
+                    temperature: float, batch_size: int) -> dict[str, torch.Tensor]:
+    """No-grad forward of `roles` over [B, L] sequences in chunks of `batch_size` rows; outputs concatenated."""
+    chunks: dict[str, list[torch.Tensor]] = {role: [] for role in roles}
+    for start in range(0, input_ids.shape[0], batch_size):
+        out = backbone(input_ids[start : start + batch_size], attention_mask[start : start + batch_size],
+                       roles=roles, response_start=prompt_length, temperature=temperature)
+        for role in roles:
+            chunks[role].append(out[role])
+    return {role: torch.cat(parts) for role, parts in chunks.items()}
+
+
+def collect_rollout(ctx, prompts: list[EncodedPrompt], positions: list[int], rollout_config, spec: RolloutSpec,
+                    tokenizer, reward_fn=None) -> Rollout:
+    """Generate spec.samples_per_prompt responses per prompt and compute what the optimizer needs.
+
+    positions: each prompt's position in the game's encoded prompt list (kept as Rollout.prompt_index).
+    ctx: TrainingContext (prepared model + accelerator). reward_fn(input_ids, attention_mask) -> [B] replaces the
+    shared "reward" adapter when a separate reward model is used."""
+    cfg, n = rollout_config, spec.samples_per_prompt
+    pad_id = tokenizer.pad_token_id
+    stop_ids = [tokenizer.eos_token_id]
+    prompt_ids, prompt_mask = left_pad([p.input_ids for p in prompts], pad_id)
+    prompt_ids, prompt_mask = prompt_ids.to(ctx.device), prompt_mask.to(ctx.device)
+    with unwrap_model_for_generation(ctx.model, ctx.accelerator) as backbone:
+        sequences = backbone.generate(
+            prompt_ids, prompt_mask, do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k or None,
+            top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, num_return_sequences=n, pad_token_id=pad_id,
+            eos_token_id=stop_ids,
+        )
+        prompt_length = prompt_ids.shape[1]
+        responses, response_mask, has_eos = truncate_at_stop(sequences[:, prompt_length:], stop_ids, pad_id)
+        input_ids = torch.cat([sequences[:, :prompt_length], responses], 1)
+        attention_mask = torch.cat([prompt_mask.repeat_interleave(n, 0), response_mask.long()], 1)
+        roles = ("policy",) + (("reference",) if spec.needs_ref_logprobs else ()) + (
+            ("value",) if spec.needs_values else ()) + (("reward",) if reward_fn is None else ())
+        out = score_sequences(backbone, input_ids, attention_mask, prompt_length, roles, cfg.temperature,
+                              cfg.forward_batch_size)
+    rm_scores = out["reward"] if reward_fn is None else reward_fn(input_ids, attention_mask)
+    scores = rm_scores.clone()
+    if cfg.missing_eos_penalty is not None:
+        scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
+    return Rollout(
+        prompt_index=torch.tensor(positions, device=ctx.device).repeat_interleave(n),
+        input_ids=input_ids, attention_mask=attention_mask, prompt_length=prompt_length,
+        response_mask=response_mask, logprobs=out["policy"] * response_mask, scores=scores, rm_scores=rm_scores,
+        has_eos=has_eos, samples_per_prompt=n, temperature=cfg.temperature,
+        ref_logprobs=out["reference"] * response_mask if "reference" in out else None,
+        values=out["value"] * response_mask if "value" in out else None,
+    )

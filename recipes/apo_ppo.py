@@ -1,0 +1,16 @@
+"""Online APO with PPO policy updates.
+
+    accelerate launch recipes/apo_ppo.py                                   # offline default (SmolLM2-135M, embedded task)
+    accelerate launch recipes/apo_ppo.py --config my.yaml --game.total_steps 200
+    accelerate launch recipes/apo_ppo.py --model_name_or_path HuggingFaceTB/SmolLM2-360M-Instruct --dataset_name trl-lib/ultrafeedback_binarized
+
+Defaults come from recipes/configs/apo_ppo.yaml; any field can be overridden with --section.field value.
+"""
+
+import sys
+from pathlib import Path
+
+from apo_online.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], default_yaml=Path(__file__).parent / "configs" / "apo_ppo.yaml"))

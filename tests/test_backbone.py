@@ -1,0 +1,121 @@
+"""The shared backbone: roles, adapter switching, gradients per phase, reference = untouched base."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from apo_online.backbone import LoraSettings, SharedBackbone, position_ids_from_mask
+from apo_online.model_loading import load_causal_lm
+from apo_online.config import ModelConfig
+
+
+@pytest.fixture
+def backbone(tiny_model_path):
+    torch.manual_seed(0)
+    lm, tokenizer = load_causal_lm(ModelConfig(model_name_or_path="tiny-llama"))
+    bb = SharedBackbone.build(lm, LoraSettings(r=4, alpha=8))
+    with torch.no_grad():  # LoRA B starts at 0; make every adapter change the output so roles are distinguishable
+        for name, param in bb.peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    return bb
+
+
+def batch(prompt_len=5, response_len=4, rows=3, vocab=200):
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, vocab, (rows, prompt_len + response_len), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # row 0 is left-padded
+    return ids, mask
+
+
+def role_groups(bb):
+    return {role: {id(p) for p in bb.role_parameters(role)} for role in ("policy", "value", "reward")}
+
+
+def grads_by_owner(bb):
+    """owner (policy/value/reward/base) -> whether any of its parameters received a non-zero gradient."""
+    groups = role_groups(bb)
+    touched = {"policy": False, "value": False, "reward": False, "base": False}
+    for _, param in bb.named_parameters():
+        owner = next((role for role, ids in groups.items() if id(param) in ids), "base")
+        if param.grad is not None and param.grad.abs().sum() > 0:
+            touched[owner] = True
+    return touched
+
+
+def test_base_weights_are_frozen_and_roles_trainable(backbone):
+    groups = role_groups(backbone)
+    trainable = {id(p) for p in backbone.parameters() if p.requires_grad}
+    assert trainable == groups["policy"] | groups["value"] | groups["reward"]
+    assert all(len(ids) > 0 for ids in groups.values())
+    assert not groups["policy"] & groups["value"] and not groups["value"] & groups["reward"]
+
+
+@pytest.mark.parametrize("roles, expected", [
+    (("policy", "value"), {"policy": True, "value": True, "reward": False, "base": False}),  # PPO phase
+    (("reward",), {"policy": False, "value": False, "reward": True, "base": False}),  # RM phase
+    (("policy",), {"policy": True, "value": False, "reward": False, "base": False}),  # DPO / RJS phase
+])
+def test_gradients_reach_only_the_phase_roles(backbone, roles, expected):
+    ids, mask = batch()
+    out = backbone(ids, mask, roles=roles, response_start=5)
+    sum(o.sum() for o in out.values()).backward()
+    assert grads_by_owner(backbone) == expected
+
+
+def test_reference_equals_untouched_base_model(backbone, tiny_model_path):
+    ids, mask = batch()
+    out = backbone(ids, mask, roles=("policy", "reference"), response_start=5, temperature=0.7)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
+    with torch.no_grad():
+        logits = base(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    expected = torch.log_softmax(logits[:, 4:-1] / 0.7, -1).gather(-1, ids[:, 5:, None]).squeeze(-1)
+    assert torch.allclose(out["reference"], expected, atol=1e-5)
+    assert not torch.allclose(out["policy"], expected, atol=1e-3)  # the policy adapter does change the output
+
+
+def test_role_switch_restores_active_adapter_even_on_error(backbone):
+    assert backbone.active_role == "policy"
+    with pytest.raises(RuntimeError):
+        with backbone.role("reward"):
+            assert backbone.active_role == "reward"
+            raise RuntimeError("boom")
+    assert backbone.active_role == "policy"
+    with pytest.raises(RuntimeError):
+        with backbone.role("reference"):
+            raise RuntimeError("boom")
+    ids, mask = batch()
+    # adapters are enabled again and every adapter is still trainable
+    assert all(p.requires_grad for p in backbone.role_parameters("value"))
+    with torch.no_grad():
+        policy = backbone(ids, mask, roles=("policy",), response_start=5)["policy"]
+        reference = backbone(ids, mask, roles=("reference",), response_start=5)["reference"]
+    assert not torch.allclose(policy, reference, atol=1e-3)
+
+
+def test_left_padding_does_not_change_response_logprobs(backbone):
+    """Position ids skip the padding: a left-padded prompt scores its response exactly like an unpadded one."""
+    ids, _ = batch(rows=1)
+    plain = backbone(ids, torch.ones_like(ids), roles=("policy", "value"), response_start=5)
+    padded_ids = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], 1)
+    padded_mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(ids)], 1)
+    padded = backbone(padded_ids, padded_mask, roles=("policy", "value"), response_start=8)
+    assert torch.allclose(plain["policy"], padded["policy"], atol=1e-5)
+    assert torch.allclose(plain["value"], padded["value"], atol=1e-5)
+
+
+def test_reward_read_at_last_real_token(backbone):
+    ids, _ = batch(rows=1)
+    left = backbone(ids, torch.ones_like(ids), roles=("reward",))["reward"]
+    right_ids = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], 1)
+    right_mask = torch.cat([torch.ones_like(ids), torch.zeros(1, 4, dtype=torch.long)], 1)
+    right = backbone(right_ids, right_mask, roles=("reward",))["reward"]
+    assert torch.allclose(left, right, atol=1e-5)
+
+
+def test_value_head_starts_at_zero(tiny_model_path):
+    lm, _ = load_causal_lm(ModelConfig(model_name_or_path="tiny-llama"))
+    bb = SharedBackbone.build(lm, LoraSettings(r=4, alpha=8))
+    ids, mask = batch()
+    assert torch.count_nonzero(bb(ids, mask, roles=("value",), response_start=5)["value"]) == 0

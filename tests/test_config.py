@@ -1,0 +1,99 @@
+"""Configuration: YAML < --config < CLI precedence, type conversion, and the documented errors."""
+
+from dataclasses import dataclass
+
+import pytest
+
+from apo_online.config import Config, ConfigError, load_config
+from apo_online.optimizers.base import _REGISTRY, register_optimizer
+
+from conftest import REPO
+
+DEFAULT_YAML = REPO / "recipes/configs/apo_ppo.yaml"
+
+
+def test_precedence_yaml_then_config_file_then_cli(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("game:\n  total_steps: 7\n  beta2: 0.5\nppo:\n  cliprange: 0.1\n")
+    config = load_config(["--config", str(extra), "--game.total_steps", "9", "--kl_coef=0.2"],
+                         default_yaml=DEFAULT_YAML)
+    assert config.game.total_steps == 9  # CLI beats --config
+    assert config.game.beta2 == 0.5  # --config beats the recipe default
+    assert config.optimizer_config("ppo").cliprange == 0.1
+    assert config.optimizer_config("ppo").kl_coef == 0.2  # bare, unambiguous field name
+    assert config.model.model_name_or_path == "smollm2-135m-instruct"  # recipe default kept
+
+
+def test_types_are_converted_and_none_accepted():
+    config = load_config(["--rollout.missing_eos_penalty", "none", "--game.rm_update_every", "3",
+                          "--model.gradient_checkpointing", "true"])
+    assert config.rollout.missing_eos_penalty is None
+    assert config.game.rm_update_every == 3 and isinstance(config.game.rm_update_every, int)
+    assert config.model.gradient_checkpointing is True
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--game.total_steps", "many"], "game.total_steps: expected int, got 'many'"),
+    (["--game.no_such_field", "1"], "unknown field game.no_such_field"),
+    (["--nosection.field", "1"], "unknown section 'nosection'"),
+    (["--totally_unknown", "1"], "--totally_unknown: no such field"),
+    (["--game.total_steps"], "needs a value"),
+    (["positional"], "expected --key value"),
+    (["--model.gradient_checkpointing", "maybe"], "expected true/false"),
+])
+def test_bad_command_lines_name_the_field(argv, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(argv)
+
+
+def test_bad_yaml_files(tmp_path):
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(["--config", str(missing)])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("game: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(["--config", str(broken)])
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("game: 3\n")
+    with pytest.raises(ConfigError, match="section 'game' must be a mapping"):
+        load_config(["--config", str(scalar)])
+
+
+def test_ambiguous_bare_field_asks_for_the_section():
+    @dataclass
+    class OtherConfig:
+        kl_coef: float = 0.0
+
+    @register_optimizer("ambiguity_probe", OtherConfig)
+    class Probe:  # never instantiated
+        pass
+
+    try:
+        with pytest.raises(ConfigError, match="it is in .*ppo.*write --<section>.kl_coef"):
+            load_config(["--kl_coef", "0.3"])
+    finally:
+        _REGISTRY.pop("ambiguity_probe")
+
+
+def test_validate_unknown_optimizer_and_inconsistent_sizes():
+    config = load_config(["--game.policy_optimizer", "nope"])
+    with pytest.raises(ConfigError, match="unknown policy optimizer 'nope'.*registered: .*ppo"):
+        config.validate()
+    config = load_config(["--rollout.prompts_per_step", "6", "--ppo.num_minibatches", "4"])
+    with pytest.raises(ConfigError, match="6 rollouts per process must divide evenly into .* = 4 micro-batches"):
+        config.validate()
+    config = load_config(["--game.rm_mode", "sometimes"])
+    with pytest.raises(ConfigError, match="game.rm_mode must be 'refit' or 'continue'"):
+        config.validate()
+    Config().validate()  # the defaults are consistent
+
+
+def test_to_dict_round_trips_through_yaml(tmp_path):
+    import yaml
+
+    config = load_config(["--game.total_steps", "5", "--ppo.cliprange", "0.3"], default_yaml=DEFAULT_YAML)
+    path = tmp_path / "dump.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    again = load_config(["--config", str(path)])
+    assert again.to_dict() == config.to_dict()

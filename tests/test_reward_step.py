@@ -1,0 +1,81 @@
+"""The adversarial RM step: it widens the gold-minus-sample gap, touches only the reward role, refits from base."""
+
+import torch
+
+from apo_online.reward import SampleBuffer
+from apo_online.rollout import collect_rollout
+
+
+def game_with_buffer(tiny_config, accelerator, **extra):
+    from apo_online.game import APOGame
+
+    game = APOGame(tiny_config(**extra), accelerator=accelerator)
+    game.rm_step.warmup(0)  # snapshot the base RM
+    positions = game.sampler.next_batch()
+    rollout = collect_rollout(game.ctx, [game.prompts[i] for i in positions], positions, game.config.rollout,
+                              game.spec, game.tokenizer)
+    game.buffer.add(rollout.prompt_index.tolist(), rollout.response_lists())
+    return game
+
+
+def gap(game):
+    """Mean over buffered prompts of r(gold) - mean r(samples), no grad."""
+    groups = sorted(game.buffer.groups().items())
+    with torch.no_grad():
+        _, metrics = game.rm_step.loss(groups, [])
+    return metrics["rm/gold_minus_sample"]
+
+
+def test_apo_step_widens_gold_minus_sample_gap(tiny_config, single_accelerator):
+    game = game_with_buffer(tiny_config, single_accelerator(), **{"game.rm_steps_per_update": 5,
+                                                                  "game.rm_learning_rate": 1e-3,
+                                                                  "game.rm_queries_per_step": 4})
+    before = gap(game)
+    metrics = game.rm_step.update(game.buffer)
+    after = gap(game)
+    assert after > before + 0.05, (before, after)
+    for key in ("rm/loss_apo", "rm/loss_pref", "rm/gold_minus_sample", "rm/pref_accuracy", "rm/loss"):
+        assert key in metrics
+
+
+def test_rm_step_updates_only_the_reward_role(tiny_config, single_accelerator):
+    game = game_with_buffer(tiny_config, single_accelerator())
+    backbone = game.accelerator.unwrap_model(game.model)
+    before = {role: [p.detach().clone() for p in backbone.role_parameters(role)] for role in ("policy", "value", "reward")}
+    game.rm_step.update(game.buffer)
+    for role, old in before.items():
+        moved = any(not torch.equal(a, b) for a, b in zip(old, backbone.role_parameters(role)))
+        assert moved == (role == "reward"), role
+
+
+def test_refit_mode_restarts_from_the_base_rm(tiny_config, single_accelerator):
+    game = game_with_buffer(tiny_config, single_accelerator(), **{"game.rm_mode": "refit"})
+    backbone = game.accelerator.unwrap_model(game.model)
+    base = {n: v.clone() for n, v in game.rm_step.base_state.items()}
+    game.rm_step.update(game.buffer)
+    assert any(not torch.equal(p, base[n]) for n, p in backbone.named_parameters() if n in base)
+    game.rm_step.restore_base()
+    for name, param in backbone.named_parameters():
+        if name in base:
+            assert torch.equal(param, base[name]), name
+    assert all(not game.ctx.role_optimizer.state.get(p) for p in backbone.role_parameters("reward"))
+
+
+def test_continue_mode_keeps_training(tiny_config, single_accelerator):
+    game = game_with_buffer(tiny_config, single_accelerator(), **{"game.rm_mode": "continue"})
+    game.rm_step.update(game.buffer)
+    state = game.accelerator.unwrap_model(game.model).role_state_dict("reward")
+    game.rm_step.update(game.buffer)  # continues from `state`, does not return to the base RM first
+    restarted = {n: v for n, v in game.rm_step.base_state.items()}
+    assert any(not torch.equal(state[n], restarted[n]) for n in state)
+    assert game.ctx.role_optimizer.state  # Adam moments kept
+
+
+def test_sample_buffer_is_fifo_and_round_trips():
+    buffer = SampleBuffer(capacity=3)
+    buffer.add([0, 1, 0, 2], [[1], [2], [3], [4]])
+    assert len(buffer) == 3
+    assert buffer.groups() == {1: [[2]], 0: [[3]], 2: [[4]]}
+    clone = SampleBuffer(1)
+    clone.load_state_dict(buffer.state_dict())
+    assert clone.groups() == buffer.groups() and clone.samples.maxlen == 3
