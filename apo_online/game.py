@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -45,6 +46,8 @@ class APOGame:
         set_seed(config.game.seed)  # identical initial weights on every process
         self.policy_optimizer = build_policy_optimizer(config)
         self.spec = self.policy_optimizer.rollout_spec()
+        if self.spec.samples_per_prompt is None:
+            self.spec = dataclasses.replace(self.spec, samples_per_prompt=config.rollout.samples_per_prompt)
         self._build_model()
         self._build_data(task)
         self.buffer = SampleBuffer(config.game.buffer_size)

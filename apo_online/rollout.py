@@ -17,7 +17,7 @@ from apo_online.data import EncodedPrompt, left_pad
 class RolloutSpec:
     """What a policy optimizer needs from a rollout."""
 
-    samples_per_prompt: int = 1
+    samples_per_prompt: int | None = None  # None: rollout.samples_per_prompt from the config
     needs_values: bool = False
     needs_ref_logprobs: bool = True
 

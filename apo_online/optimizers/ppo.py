@@ -70,7 +70,7 @@ class PPO:
         return {"policy": self.config.learning_rate, "value": self.config.value_learning_rate}
 
     def rollout_spec(self) -> RolloutSpec:
-        return RolloutSpec(samples_per_prompt=1, needs_values=True, needs_ref_logprobs=True)
+        return RolloutSpec(needs_values=True, needs_ref_logprobs=True)
 
     def setup(self, ctx, game) -> None:
         self.ctx = ctx
