@@ -2,6 +2,7 @@
 
 A checkpoint folder `<output_dir>/checkpoints/step-000042/` holds
   trainable.pt          every trainable weight (adapters policy/value/reward, value and reward heads)   [rank 0]
+  reward_model.pt       the separate reward model's weights, when model.reward_model_path is used       [rank 0]
   optimizer.pt          RoleAdamW state (Adam moments and step counts of every role)                     [rank 0]
   optimizer-rank{r}.pt  the same, one shard per process, under DeepSpeed ZeRO
   rank{r}.pt            per process: RNG states, game state (step, prompt sampler, RM sample buffer, RM
@@ -100,6 +101,8 @@ def save_checkpoint(game, step: int) -> Path:
     checksums = gather_object([weights_checksum(backbone)])
     if accelerator.is_main_process:
         torch.save(trainable_state(backbone), tmp / "trainable.pt")
+        if game.reward_model is not None:
+            torch.save(game.scorer.weights(), tmp / "reward_model.pt")
         export_adapters(backbone, tmp / "adapters")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -132,6 +135,8 @@ def load_checkpoint(game, path: Path) -> int:
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].device))
+    if game.reward_model is not None:
+        game.scorer.load_weights(torch.load(path / "reward_model.pt", map_location="cpu", weights_only=True))
     if game.ctx.uses_deepspeed:
         game.optimizer.load_state_dict(torch.load(path / f"optimizer-rank{rank}.pt", map_location="cpu",
                                                   weights_only=False))

@@ -52,6 +52,7 @@ class EncodedPrompt:
     prompt_index: int  # position in TaskData.train_prompts (or eval_prompts)
     input_ids: list[int]
     gold_ids: list[int] | None
+    messages: Messages = field(default_factory=list)  # kept for a separate reward model's own chat template
 
 
 class PromptEncoder:
@@ -101,7 +102,7 @@ class PromptEncoder:
             if ids is None:
                 continue
             gold = self.response_ids(example.gold) if example.gold is not None else None
-            encoded.append(EncodedPrompt(index, ids, gold))
+            encoded.append(EncodedPrompt(index, ids, gold, example.messages))
         if self.rejected_prompts or self.truncated_prompts:
             logger.warning("prompts longer than %d tokens: %d truncated, %d rejected", self.max_prompt_tokens,
                            self.truncated_prompts, self.rejected_prompts)

@@ -25,13 +25,14 @@ from tqdm.auto import tqdm
 
 from apo_online.backbone import LoraSettings, SharedBackbone
 from apo_online.checkpoint import export_adapters, load_checkpoint, resolve_resume_path, save_checkpoint
-from apo_online.config import Config
+from apo_online.config import Config, ConfigError
 from apo_online.data import PromptEncoder, PromptSampler, TaskData
 from apo_online.data_formats import load_task_data
 from apo_online.distributed import make_accelerator
 from apo_online.model_loading import load_causal_lm
 from apo_online.optimizers.base import build_policy_optimizer
 from apo_online.reward import AdversarialRewardStep, SampleBuffer, encode_pairs
+from apo_online.reward_model import SeparateRewardScorer, SharedRewardScorer, load_separate_reward_model
 from apo_online.rollout import collect_rollout
 from apo_online.training import RoleAdamW, TrainingContext
 
@@ -51,7 +52,7 @@ class APOGame:
         self._build_model()
         self._build_data(task)
         self.buffer = SampleBuffer(config.game.buffer_size)
-        self.rm_step = AdversarialRewardStep(self.ctx, config.game, self.prompts, self.pairs, self.tokenizer.pad_token_id,
+        self.rm_step = AdversarialRewardStep(self.ctx, config.game, self.prompts, self.pairs, self.scorer,
                                              seed=config.game.seed + self.accelerator.process_index)
         self.policy_optimizer.setup(self.ctx, self)
         self.step, self.warmed_up, self.stop_requested = 0, False, False
@@ -66,10 +67,25 @@ class APOGame:
             backbone.gradient_checkpointing_enable()
         rates = dict(self.policy_optimizer.learning_rates(), reward=self.config.game.rm_learning_rate)
         groups = {role: {"params": backbone.role_parameters(role), "lr": lr} for role, lr in rates.items()}
+        self.reward_model = None
+        if mc.reward_model_path:  # a separate full RM takes the place of the reward adapter
+            if self.accelerator.distributed_type.name == "DEEPSPEED":
+                raise ConfigError("model.reward_model_path is not supported under DeepSpeed (one engine per "
+                                  "prepared model); use the shared reward adapter")
+            self.reward_model, rm_tokenizer = load_separate_reward_model(mc.reward_model_path, mc.dtype, mc.cache_dir)
+            groups["reward"]["params"] = list(self.reward_model.parameters())
         optimizer = RoleAdamW(groups, weight_decay=0.0)
-        self.model, self.optimizer = self.accelerator.prepare(backbone, optimizer)
+        if self.reward_model is None:
+            self.model, self.optimizer = self.accelerator.prepare(backbone, optimizer)
+        else:
+            self.model, self.reward_model, self.optimizer = self.accelerator.prepare(backbone, self.reward_model,
+                                                                                     optimizer)
         self.ctx = TrainingContext(self.accelerator, self.model, self.optimizer, self.config.game.max_grad_norm,
                                    self.config.game.max_consecutive_skips)
+        if self.reward_model is None:
+            self.scorer = SharedRewardScorer(self.ctx, self.tokenizer.pad_token_id)
+        else:
+            self.scorer = SeparateRewardScorer(self.ctx, self.reward_model, rm_tokenizer, self.tokenizer)
 
     def _build_data(self, task: TaskData | None) -> None:
         dc = self.config.data
@@ -122,7 +138,7 @@ class APOGame:
         # 1. rollout
         positions = self.sampler.next_batch()
         rollout = collect_rollout(self.ctx, [self.prompts[i] for i in positions], positions, self.config.rollout,
-                                  self.spec, self.tokenizer)
+                                  self.spec, self.tokenizer, scorer=self.scorer if self.reward_model else None)
         after_rollout = time.perf_counter()
         # 2. policy update
         metrics = self.policy_optimizer.step(rollout)
