@@ -160,15 +160,12 @@ class AdversarialRewardStep:
         return {k.replace("rm/", "rm_warmup/"): v for k, v in metrics.items()}
 
     def snapshot_base(self) -> None:
-        self.base_state = self.ctx.accelerator.unwrap_model(self.ctx.model).role_state_dict("reward")
+        self.base_state = self.ctx.read_role_weights("reward")
 
     def restore_base(self) -> None:
-        backbone = self.ctx.accelerator.unwrap_model(self.ctx.model)
-        params = dict(backbone.named_parameters())
-        with torch.no_grad():
-            for name, value in self.base_state.items():
-                params[name].copy_(value)
-        self.ctx.role_optimizer.reset_role_state("reward")
+        """Back to the base RM: weights (and DeepSpeed's fp32 master copies) and a fresh optimizer state."""
+        self.ctx.write_weights(self.base_state)
+        self.ctx.reset_role_optimizer_state("reward")
 
     def update(self, buffer: SampleBuffer) -> dict[str, float]:
         """One adversarial RM update on the buffer: refit from the base RM or continue, then train."""
