@@ -135,6 +135,7 @@ class TrainingContext:
             skipped = bool(self.optimizer.step_was_skipped)
             grad_norm = self.model.get_global_grad_norm()
             grad_norm = float("nan") if grad_norm is None else float(grad_norm)
+            self._clear_zero3_gradient_partitions()
         else:
             active = self.role_optimizer.active_roles
             params = [p for g in self.role_optimizer.param_groups if active is None or g["role"] in active
@@ -155,6 +156,14 @@ class TrainingContext:
             raise NonFiniteUpdates(f"{self.consecutive_skips} consecutive updates had a non-finite loss or gradient "
                                    f"(limit game.max_consecutive_skips={self.max_consecutive_skips})")
         return {"grad_norm": float("nan"), "skipped": 1.0}
+
+    def _clear_zero3_gradient_partitions(self) -> None:
+        """ZeRO-3 keeps each weight's reduced gradient in a persistent buffer and only overwrites the entries of
+        weights that get a gradient. Each phase trains other adapters, so without this the next step's gradient
+        norm (hence its clipping) would include the previous phase's stale gradients of the inactive roles."""
+        buffer = getattr(getattr(self.optimizer, "optimizer", None), "grad_partitions_flat_buffer", None)
+        if self.zero_stage == 3 and buffer is not None:
+            buffer.zero_()
 
     def state_dict(self) -> dict:
         return {"skipped_updates": self.skipped_updates, "consecutive_skips": self.consecutive_skips}
@@ -203,7 +212,14 @@ class TrainingContext:
         with self.gathered(targets, modifier_rank=0):
             for name, value in values.items():
                 params[name].copy_(value.to(device=params[name].device, dtype=params[name].dtype))
-        if self.uses_deepspeed:
+        if self.zero_stage == 3:
+            # this process's partition of each weight was just re-partitioned from rank 0's copy; the "full" setter
+            # fails on weights too small to fill every partition (the 1-element head biases), the local one does not
+            from deepspeed.utils import safe_set_local_fp32_param
+
+            for name in values:
+                safe_set_local_fp32_param(params[name], params[name].ds_tensor.detach().float())
+        elif self.uses_deepspeed:
             from deepspeed.utils import safe_set_full_fp32_param
 
             for name, value in values.items():
