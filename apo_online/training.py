@@ -75,10 +75,21 @@ class TrainingContext:
         self.max_grad_norm = max_grad_norm
         self.max_consecutive_skips = max_consecutive_skips
         self.skipped_updates = 0  # total, logged as train/skipped_updates
-        self.consecutive_skips = 0
+        # counted per phase (set of active roles): a healthy RM update between two blown-up policy updates must not
+        # hide that every policy update fails
+        self._consecutive_by_phase: dict[str, int] = {}
         self._pending_nonfinite = False
         self.zero_stage = deepspeed_zero_stage(accelerator)
         self.uses_deepspeed = self.zero_stage is not None
+
+    @property
+    def consecutive_skips(self) -> int:
+        """The longest current run of skipped updates over the phases."""
+        return max(self._consecutive_by_phase.values(), default=0)
+
+    def _phase_key(self) -> str:
+        active = self.role_optimizer.active_roles
+        return "all" if active is None else "+".join(sorted(active))
 
     @property
     def device(self) -> torch.device:
@@ -129,7 +140,7 @@ class TrainingContext:
     def optimizer_step(self) -> dict[str, float]:
         """Clip, step and zero grads; or skip the update if its gradient is not finite. Returns grad_norm, skipped.
 
-        Raises NonFiniteUpdates after game.max_consecutive_skips skipped updates in a row (the same decision on
+        Raises NonFiniteUpdates after game.max_consecutive_skips skipped updates in a row within one phase (the same decision on
         every process: it depends only on the all-reduced gradient)."""
         if self.uses_deepspeed:  # DeepSpeed already stepped (or dropped the update) in the last backward
             skipped = bool(self.optimizer.step_was_skipped)
@@ -146,14 +157,15 @@ class TrainingContext:
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self._pending_nonfinite = False
+        phase = self._phase_key()
         if not skipped:
-            self.consecutive_skips = 0
+            self._consecutive_by_phase[phase] = 0
             return {"grad_norm": grad_norm, "skipped": 0.0}
         self.skipped_updates += 1
-        self.consecutive_skips += 1
-        logger.warning("skipped an update: non-finite loss or gradient (%d in a row)", self.consecutive_skips)
-        if self.consecutive_skips >= self.max_consecutive_skips:
-            raise NonFiniteUpdates(f"{self.consecutive_skips} consecutive updates had a non-finite loss or gradient "
+        in_a_row = self._consecutive_by_phase[phase] = self._consecutive_by_phase.get(phase, 0) + 1
+        logger.warning("skipped an update of the %s phase: non-finite loss or gradient (%d in a row)", phase, in_a_row)
+        if in_a_row >= self.max_consecutive_skips:
+            raise NonFiniteUpdates(f"{in_a_row} consecutive updates had a non-finite loss or gradient "
                                    f"(limit game.max_consecutive_skips={self.max_consecutive_skips})")
         return {"grad_norm": float("nan"), "skipped": 1.0}
 
@@ -166,11 +178,11 @@ class TrainingContext:
             buffer.zero_()
 
     def state_dict(self) -> dict:
-        return {"skipped_updates": self.skipped_updates, "consecutive_skips": self.consecutive_skips}
+        return {"skipped_updates": self.skipped_updates, "consecutive_skips_by_phase": dict(self._consecutive_by_phase)}
 
     def load_state_dict(self, state: dict) -> None:
         self.skipped_updates = state["skipped_updates"]
-        self.consecutive_skips = state.get("consecutive_skips", 0)
+        self._consecutive_by_phase = dict(state.get("consecutive_skips_by_phase", {}))
 
     # ---------------------------------------------------------------------------------------------------------------
     # weights and optimizer state
