@@ -160,8 +160,9 @@ class AdversarialRewardStep:
         self.base_state = self.scorer.weights()
 
     def restore_base(self) -> None:
+        """Back to the base RM: weights (and DeepSpeed's fp32 master copies) and a fresh optimizer state."""
         self.scorer.load_weights(self.base_state)
-        self.ctx.role_optimizer.reset_role_state("reward")
+        self.ctx.reset_role_optimizer_state("reward")
 
     def update(self, buffer: SampleBuffer) -> dict[str, float]:
         """One adversarial RM update on the buffer: refit from the base RM or continue, then train."""

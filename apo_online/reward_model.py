@@ -36,10 +36,10 @@ class SharedRewardScorer:
         return self.ctx.model(input_ids.to(device), attention_mask.to(device), roles=("reward",))["reward"]
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return self.ctx.accelerator.unwrap_model(self.ctx.model).role_state_dict("reward")
+        return self.ctx.read_role_weights("reward")  # whole even under ZeRO-3
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
-        _copy_into(dict(self.ctx.accelerator.unwrap_model(self.ctx.model).named_parameters()), state)
+        self.ctx.write_weights(state)  # DeepSpeed's fp32 master copies too
 
 
 def load_separate_reward_model(path: str, dtype: str = "float32", cache_dir: str | None = None):
