@@ -111,7 +111,10 @@ def test_sigterm_checkpoints_and_resume_continues_exactly_on_two_processes(tmp_p
 
     # rank 0 sends SIGTERM to `accelerate launch` after step 2, which forwards it to both processes
     result = launch(FAULTY, run_args(stopped, **{"game.save_every": 0}), num_processes=2,
-                    env_extra={"APO_FAULT": "sigterm_launcher", "APO_FAULT_STEP": "2"})
+                    env_extra={"APO_FAULT": "sigterm_launcher", "APO_FAULT_STEP": "2",
+                               # the launcher SIGKILLs workers that take longer than this to finish the step and
+                               # checkpoint (default 30 s: too short on a loaded 2-core CI machine)
+                               "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300"})
     assert result.returncode != 0
     stopped_at = max(step_metrics(stopped))
     assert 2 <= stopped_at < TOTAL_STEPS
