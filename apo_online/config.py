@@ -102,6 +102,7 @@ class GameConfig:
     # --- cadences ---
     log_every: int = 1
     save_every: int = 0  # 0: save only at the end
+    keep_last_checkpoints: int = 0  # >0: delete all but the newest K step checkpoints after each save; 0 keeps all
     eval_every: int = 0  # 0: no periodic eval
 
 
@@ -145,6 +146,11 @@ class Config:
         need(g.rm_update_every >= 0, f"game.rm_update_every must be >= 0 (0 disables), got {g.rm_update_every}")
         need(g.rm_mode in ("refit", "continue"), f"game.rm_mode must be 'refit' or 'continue', got {g.rm_mode!r}")
         need(g.beta2 >= 0, f"game.beta2 must be >= 0, got {g.beta2}")
+        need(g.max_grad_norm > 0, f"game.max_grad_norm must be > 0, got {g.max_grad_norm}")
+        need(g.max_consecutive_skips >= 1, f"game.max_consecutive_skips must be >= 1, got {g.max_consecutive_skips}")
+        need(g.save_every >= 0 and g.keep_last_checkpoints >= 0,
+             f"game.save_every and game.keep_last_checkpoints must be >= 0, got {g.save_every}, "
+             f"{g.keep_last_checkpoints}")
         need(r.prompts_per_step >= 1, f"rollout.prompts_per_step must be >= 1, got {r.prompts_per_step}")
         need(r.samples_per_prompt >= 1, f"rollout.samples_per_prompt must be >= 1, got {r.samples_per_prompt}")
         need(r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}")
