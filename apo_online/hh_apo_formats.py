@@ -89,10 +89,11 @@ def _split_dialogue(row: Row, field: str) -> tuple[str, str]:
 
 def convert_hh(row: Row) -> list[PreferencePair]:
     chosen_prompt, chosen = _split_dialogue(row, "chosen")
+    messages = query_messages(row, "chosen", chosen_prompt)  # a malformed 'chosen' is named before any mismatch
     rejected_prompt, rejected = _split_dialogue(row, "rejected")
     if chosen_prompt != rejected_prompt:
         raise row.error("rejected", "its turns before the last assistant turn differ from those of 'chosen'")
-    return [PreferencePair(row.record_id(), query_messages(row, "chosen", chosen_prompt), chosen, rejected)]
+    return [PreferencePair(row.record_id(), messages, chosen, rejected)]
 
 
 def _number_list(row: Row, field: str, length: int) -> list[float]:
