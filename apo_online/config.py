@@ -55,6 +55,9 @@ class DataConfig:
     prompt_overflow: str = "truncate"  # truncate (keep the last tokens) | reject (skip, counted)
     max_response_tokens: int = 64  # gold / chosen / rejected responses are cut to this many tokens
     skip_bad_rows: bool = False  # False: a malformed row raises; True: it is skipped and counted in the log
+    # Put the offline samples of an APO samples file ({query_id, query, sample_0..n}) of gold-annotated prompts in
+    # the RM's sample buffer before the game, so the first APO updates compare gold with them (reference repo).
+    seed_buffer_from_samples: bool = False
     max_prompts: int | None = None
     max_preference_pairs: int | None = None
     num_eval_prompts: int = 32

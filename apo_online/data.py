@@ -28,6 +28,8 @@ class PromptExample:
     messages: Messages
     gold: str | None = None  # an annotated (gold) response, used by the APO RM step
     references: list[str] = field(default_factory=list)  # other acceptable answers (evaluation only)
+    # responses sampled offline by some LLM (APO samples files); may seed the RM's sample buffer
+    samples: list[str] = field(default_factory=list)
 
 
 @dataclass

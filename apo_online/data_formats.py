@@ -1,154 +1,48 @@
 """Read prompts, gold responses and preference pairs from files or the hub, in several formats, into TaskData.
 
-Rows come from local .json (a list), .jsonl or .parquet files, or from a hub dataset via `datasets`. Each row is
-converted by a format converter into canonical records (data.py). A malformed row raises `DataFormatError` naming
-the file, the row (1-based) and the field; with `data.skip_bad_rows` it is skipped and counted instead.
+Rows come from local .json (a list), .jsonl or .parquet files, or from a hub dataset via `datasets` (data_rows.py).
+Each row is converted by a format converter into canonical records (data.py). A malformed row raises
+`DataFormatError` naming the file, the row (1-based) and the field; with `data.skip_bad_rows` it is skipped and
+counted instead (TaskData.skipped_rows, logged).
 
-Formats:
-  prompts  {"prompt": str | messages, "gold"|"golden"|"response": str (optional), "id"|"query_id": (optional)}
-  trl      {"prompt": str | messages, "chosen": str | messages, "rejected": str | messages}; or implicit-prompt
-           rows whose chosen/rejected are whole conversations sharing the leading turns
+Formats (data.format; "auto" detects it from the fields of the first row):
+  prompts          {"prompt": str | messages, "gold"|"golden"|"response": str (optional), "id"|"query_id": (optional)}
+  trl              {"prompt": str | messages, "chosen": str | messages, "rejected": str | messages}; or implicit-prompt
+                   rows whose chosen/rejected are whole conversations sharing the leading turns
+  hh, apo_text_scores, apo_golden, apo_samples   Anthropic HH and the APO reference repo (hh_apo_formats.py)
+A preference dataset used as data.dataset_name also gives the policy's prompts: one per row, the chosen response of
+its first (best) pair as gold. data.gold_file (APO golden format) sets gold responses by prompt id.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 from apo_online.data import Messages, PreferencePair, PromptExample, TaskData
+from apo_online.data_rows import DataFormatError, Row, read_rows
+from apo_online.hh_apo_formats import (
+    GoldResponse,
+    convert_apo_golden,
+    convert_apo_samples,
+    convert_apo_text_scores,
+    convert_hh,
+)
+
+__all__ = ["CONVERTERS", "DataFormatError", "Row", "attach_gold_responses", "convert_rows", "detect_format",
+           "load_task_data", "read_rows"]
 
 logger = logging.getLogger(__name__)
-
-
-class DataFormatError(ValueError):
-    """A data row does not have the fields or types its format needs."""
-
-    def __init__(self, source: str, row: int | None, field: str | None, problem: str):
-        where = source if row is None else f"{source}, row {row}"
-        if field:
-            where += f", field {field!r}"
-        super().__init__(f"{where}: {problem}")
-        self.source, self.row, self.field = source, row, field
-
-
-@dataclass
-class Row:
-    source: str
-    number: int  # 1-based
-    data: dict[str, Any]
-
-    def error(self, field: str | None, problem: str) -> DataFormatError:
-        return DataFormatError(self.source, self.number, field, problem)
-
-    def text(self, field: str, required: bool = True) -> str | None:
-        value = self.data.get(field)
-        if value is None:
-            if required:
-                raise self.error(field, "missing (expected a non-empty string)")
-            return None
-        if not isinstance(value, str):
-            raise self.error(field, f"expected a string, got {type(value).__name__}")
-        if required and not value.strip():
-            raise self.error(field, "empty string")
-        return value
-
-    def messages(self, field: str) -> Messages:
-        """A prompt field as chat messages: a plain string becomes one user turn."""
-        value = self.data.get(field)
-        if isinstance(value, str):
-            if not value.strip():
-                raise self.error(field, "empty string")
-            return [{"role": "user", "content": value}]
-        return self.message_list(field, value)
-
-    def message_list(self, field: str, value: Any) -> Messages:
-        if not isinstance(value, list) or not value:
-            raise self.error(field, f"expected a string or a non-empty list of messages, got {value!r:.80}")
-        for i, message in enumerate(value):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(
-                message.get("content"), str
-            ):
-                raise self.error(f"{field}[{i}]", "expected a message {'role': str, 'content': str}")
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# reading rows
-# ------------------------------------------------------------------------------------------------------------------
-def _read_json_file(path: Path) -> Iterator[Row]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataFormatError(str(path), None, None, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
-    if not text.strip():
-        raise DataFormatError(str(path), None, None, "empty file")
-    if path.suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(str(path), number, None, f"invalid JSON: {err.msg}") from None
-            if not isinstance(data, dict):
-                raise DataFormatError(str(path), number, None, f"expected a JSON object, got {type(data).__name__}")
-            yield Row(str(path), number, data)
-        return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataFormatError(str(path), None, None, f"invalid JSON at line {err.lineno}: {err.msg}") from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise DataFormatError(str(path), None, None, "expected a JSON list of objects (or .jsonl lines)")
-    for number, item in enumerate(data, 1):
-        if not isinstance(item, dict):
-            raise DataFormatError(str(path), number, None, f"expected a JSON object, got {type(item).__name__}")
-        yield Row(str(path), number, item)
-
-
-def read_rows(name_or_path: str, split: str = "train") -> list[Row]:
-    """Rows of a local json/jsonl/parquet file, or of a hub dataset split (needs a hub)."""
-    path = Path(name_or_path)
-    if path.suffix in (".json", ".jsonl"):
-        if not path.is_file():
-            raise DataFormatError(str(path), None, None, "file not found")
-        rows = list(_read_json_file(path))
-    else:
-        import datasets
-
-        if path.suffix == ".parquet":
-            if not path.is_file():
-                raise DataFormatError(str(path), None, None, "file not found")
-            dataset = datasets.load_dataset("parquet", data_files=str(path), split="train")
-        else:
-            dataset = datasets.load_dataset(name_or_path, split=split)
-        rows = [Row(str(name_or_path), i, dict(item)) for i, item in enumerate(dataset, 1)]
-    if not rows:
-        raise DataFormatError(str(name_or_path), None, None, "no rows")
-    return rows
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # converters: Row -> canonical records
 # ------------------------------------------------------------------------------------------------------------------
-def _row_id(row: Row) -> str:
-    for key in ("id", "query_id", "prompt_id"):
-        if row.data.get(key) is not None:
-            return str(row.data[key])
-    return f"{Path(row.source).name}:{row.number}"
-
-
 def convert_prompt(row: Row) -> list[PromptExample]:
     if "prompt" not in row.data:
         raise row.error("prompt", "missing (expected a string or a list of messages)")
     gold = next((row.text(k) for k in ("gold", "golden", "response") if row.data.get(k) is not None), None)
-    return [PromptExample(_row_id(row), row.messages("prompt"), gold=gold)]
+    return [PromptExample(row.record_id(), row.messages("prompt"), gold=gold)]
 
 
 def _split_conversation(row: Row, chosen: Messages, rejected: Messages) -> tuple[Messages, str, str]:
@@ -175,40 +69,142 @@ def convert_trl(row: Row) -> list[PreferencePair]:
             elif not isinstance(value, str):
                 raise row.error(key, f"expected a string or messages, got {type(value).__name__}")
             responses.append(value)
-        return [PreferencePair(_row_id(row), messages, responses[0], responses[1])]
+        return [PreferencePair(row.record_id(), messages, responses[0], responses[1])]
     chosen = row.message_list("chosen", row.data["chosen"])
     rejected = row.message_list("rejected", row.data["rejected"])
     messages, chosen_text, rejected_text = _split_conversation(row, chosen, rejected)
-    return [PreferencePair(_row_id(row), messages, chosen_text, rejected_text)]
+    return [PreferencePair(row.record_id(), messages, chosen_text, rejected_text)]
 
 
-CONVERTERS: dict[str, Callable[[Row], list]] = {"prompts": convert_prompt, "trl": convert_trl}
+CONVERTERS: dict[str, Callable[[Row], list]] = {
+    "prompts": convert_prompt,
+    "trl": convert_trl,
+    "hh": convert_hh,
+    "apo_text_scores": convert_apo_text_scores,
+    "apo_golden": convert_apo_golden,
+    "apo_samples": convert_apo_samples,
+}
 
 
 def detect_format(row: Row) -> str:
     keys = set(row.data)
+    if {"text", "scores"} <= keys:
+        return "apo_text_scores"
+    if {"query_id", "golden"} <= keys:
+        return "apo_golden"
+    if {"query_id", "query"} <= keys:
+        return "apo_samples"
     if {"chosen", "rejected"} <= keys:
-        return "trl"
+        # HH rows hold whole dialogues as plain strings; TRL rows have a prompt, or chosen/rejected as messages
+        return "hh" if "prompt" not in keys and isinstance(row.data["chosen"], str) else "trl"
     if "prompt" in keys:
         return "prompts"
     raise row.error(None, f"cannot tell the format from the fields {sorted(keys)}; set data.format")
 
 
-def convert_rows(rows: list[Row], fmt: str, skip_bad_rows: bool) -> tuple[list, int]:
-    """Convert every row with format `fmt` ("auto": detect from the first row). Returns (records, skipped)."""
+def _skip_or_raise(err: DataFormatError, skip_bad_rows: bool) -> None:
+    if not skip_bad_rows:
+        raise err
+    logger.warning("skipped bad row: %s", err)
+
+
+def convert_rows_with_origin(rows: list[Row], fmt: str, skip_bad_rows: bool) -> tuple[list[tuple[Row, object]], int]:
+    """Like convert_rows, keeping each record's row: ([(row, record)], skipped)."""
     fmt = detect_format(rows[0]) if fmt == "auto" else fmt
     if fmt not in CONVERTERS:
         raise ValueError(f"unknown data format {fmt!r}: expected auto or one of {sorted(CONVERTERS)}")
-    records, skipped = [], 0
+    converted, skipped = [], 0
     for row in rows:
         try:
-            records.extend(CONVERTERS[fmt](row))
+            converted.extend((row, record) for record in CONVERTERS[fmt](row))
         except DataFormatError as err:
-            if not skip_bad_rows:
-                raise
+            _skip_or_raise(err, skip_bad_rows)
             skipped += 1
-            logger.warning("skipped bad row: %s", err)
-    return records, skipped
+    return converted, skipped
+
+
+def convert_rows(rows: list[Row], fmt: str, skip_bad_rows: bool) -> tuple[list, int]:
+    """Convert every row with format `fmt` ("auto": detect from the first row). Returns (records, skipped)."""
+    converted, skipped = convert_rows_with_origin(rows, fmt, skip_bad_rows)
+    return [record for _, record in converted], skipped
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# assembling the task
+# ------------------------------------------------------------------------------------------------------------------
+def _prompts_from_pairs(pairs: list[tuple[Row, PreferencePair]]) -> list[tuple[Row, PromptExample]]:
+    """A preference dataset as policy prompts: one per row, its first pair's chosen response as gold."""
+    prompts, seen_rows = [], set()
+    for row, pair in pairs:
+        if (row.source, row.number) not in seen_rows:
+            seen_rows.add((row.source, row.number))
+            prompts.append((row, PromptExample(pair.prompt_id, pair.messages, gold=pair.chosen)))
+    return prompts
+
+
+def unique_prompts(prompts: list[PromptExample], prompt_rows: list[Row | None], skip_bad_rows: bool,
+                   why: str = "") -> tuple[list[PromptExample], int]:
+    """The prompts without those whose id an earlier prompt already had: an error naming the later row, or with
+    skip_bad_rows a skipped (counted) row. Returns (prompts, skipped)."""
+    skipped, first_row, kept = 0, {}, []
+    for prompt, row in zip(prompts, prompt_rows):
+        if prompt.prompt_id in first_row:
+            problem = f"duplicate prompt id {prompt.prompt_id!r} (first at row {first_row[prompt.prompt_id]}){why}"
+            _skip_or_raise(row.error(row.id_field(), problem) if row else DataFormatError("prompts", None, None,
+                                                                                          problem), skip_bad_rows)
+            skipped += 1
+            continue
+        first_row[prompt.prompt_id] = row.number if row else len(kept) + 1
+        kept.append(prompt)
+    return kept, skipped
+
+
+def attach_gold_responses(prompts: list[PromptExample], prompt_rows: list[Row | None], gold_path: str,
+                          skip_bad_rows: bool) -> tuple[list[PromptExample], int]:
+    """Set PromptExample.gold from an APO golden file ({query_id, golden}), joined on prompt_id == query_id.
+
+    Errors, or with skip_bad_rows skipped rows (counted): a prompt id used twice (the later prompt), a gold
+    query_id used twice (the later gold row), a gold query_id that matches no prompt. A gold from the file
+    replaces a gold the prompt already had. Returns (prompts, skipped)."""
+    kept, skipped = unique_prompts(prompts, prompt_rows, skip_bad_rows, "; data.gold_file joins gold responses by id")
+    by_id = {prompt.prompt_id: prompt for prompt in kept}
+    golds, gold_skipped = convert_rows_with_origin(read_rows(gold_path), "apo_golden", skip_bad_rows)
+    skipped += gold_skipped
+    gold_row: dict[str, int] = {}
+    for row, gold in golds:
+        if gold.query_id in gold_row:
+            problem = f"duplicate query_id {gold.query_id!r} (first at row {gold_row[gold.query_id]})"
+        elif gold.query_id not in by_id:
+            problem = f"query_id {gold.query_id!r} matches no prompt id of data.dataset_name"
+        else:
+            gold_row[gold.query_id] = row.number
+            by_id[gold.query_id].gold = gold.golden
+            continue
+        _skip_or_raise(row.error("query_id", problem), skip_bad_rows)
+        skipped += 1
+    return kept, skipped
+
+
+def _read_dataset(data_config) -> tuple[TaskData, list[Row | None]]:
+    converted, skipped = convert_rows_with_origin(read_rows(data_config.dataset_name, data_config.dataset_split),
+                                                  data_config.format, data_config.skip_bad_rows)
+    if any(isinstance(record, GoldResponse) for _, record in converted):
+        raise DataFormatError(data_config.dataset_name, None, None,
+                              "holds gold responses ({query_id, golden}) but no queries: give it as data.gold_file "
+                              "and the queries (e.g. an APO samples file) as data.dataset_name")
+    pairs = [(row, r) for row, r in converted if isinstance(r, PreferencePair)]
+    prompts = [(row, r) for row, r in converted if isinstance(r, PromptExample)]
+    if prompts:  # a prompt file: ids name queries (gold and offline samples are matched by them), so one per query
+        kept, duplicates = unique_prompts([p for _, p in prompts], [row for row, _ in prompts],
+                                          data_config.skip_bad_rows)
+        skipped += duplicates
+        kept_ids = {id(p) for p in kept}
+        prompts = [(row, p) for row, p in prompts if id(p) in kept_ids]
+    else:  # a preference dataset (several pairs of one prompt may share its id: checked only for data.gold_file)
+        prompts = _prompts_from_pairs(pairs)
+    task = TaskData(train_prompts=[p for _, p in prompts], preference_pairs=[p for _, p in pairs],
+                    skipped_rows=skipped)
+    return task, [row for row, _ in prompts]
 
 
 def load_task_data(data_config, seed: int = 0) -> TaskData:
@@ -217,24 +213,26 @@ def load_task_data(data_config, seed: int = 0) -> TaskData:
         from apo_online.embedded import build_embedded_task
 
         task = build_embedded_task(seed)
+        prompt_rows: list[Row | None] = [None] * len(task.train_prompts)
     else:
-        records, skipped = convert_rows(read_rows(data_config.dataset_name, data_config.dataset_split),
-                                        data_config.format, data_config.skip_bad_rows)
-        prompts = [r for r in records if isinstance(r, PromptExample)]
-        pairs = [r for r in records if isinstance(r, PreferencePair)]
-        if not prompts:  # a preference dataset: its prompts are the policy's queries, its chosen the gold
-            prompts = [PromptExample(p.prompt_id, p.messages, gold=p.chosen) for p in pairs]
-        task = TaskData(train_prompts=prompts, preference_pairs=pairs, skipped_rows=skipped)
+        task, prompt_rows = _read_dataset(data_config)
     for attribute, path in (("preference_pairs", data_config.preference_file),
                             ("eval_preference_pairs", data_config.eval_preference_file)):
         if path:
             records, skipped = convert_rows(read_rows(path), "auto", data_config.skip_bad_rows)
             setattr(task, attribute, [r for r in records if isinstance(r, PreferencePair)])
             task.skipped_rows += skipped
+    if data_config.gold_file:  # before max_prompts: every gold row must find its prompt
+        task.train_prompts, skipped = attach_gold_responses(task.train_prompts, prompt_rows, data_config.gold_file,
+                                                            data_config.skip_bad_rows)
+        task.skipped_rows += skipped
     if data_config.max_prompts:
         task.train_prompts = task.train_prompts[: data_config.max_prompts]
     if data_config.max_preference_pairs:
         task.preference_pairs = task.preference_pairs[: data_config.max_preference_pairs]
     if task.skipped_rows:
         logger.warning("skipped %d bad rows (data.skip_bad_rows=true)", task.skipped_rows)
+    samples = sum(len(p.samples) for p in task.train_prompts)
+    if samples and not data_config.seed_buffer_from_samples:
+        logger.info("%d offline samples read but unused (data.seed_buffer_from_samples: false)", samples)
     return task

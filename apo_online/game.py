@@ -56,6 +56,8 @@ class APOGame:
         self._build_model()
         self._build_data(task)
         self.buffer = SampleBuffer(config.game.buffer_size)
+        if config.data.seed_buffer_from_samples:  # offline samples of an APO samples file (hh_apo_formats.py)
+            self.buffer.add_offline_samples(self.encoder, self.prompts, self.task.train_prompts)
         self.rm_step = AdversarialRewardStep(self.ctx, config.game, self.prompts, self.pairs, self.scorer,
                                              seed=config.game.seed + self.accelerator.process_index)
         self.policy_optimizer.setup(self.ctx, self)

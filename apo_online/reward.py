@@ -11,6 +11,7 @@ optimizer state included (the paper's stable setting); in "continue" mode it kee
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import torch
 
 from apo_online import losses
 from apo_online.data import EncodedPrompt
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,6 +39,21 @@ class SampleBuffer:
     def add(self, prompt_positions: list[int], responses: list[list[int]]) -> None:
         for position, response in zip(prompt_positions, responses):
             self.samples.append(BufferedSample(position, list(response)))
+
+    def add_offline_samples(self, encoder, prompts: list[EncodedPrompt], examples) -> int:
+        """Seed with the offline samples (PromptExample.samples) of the gold-annotated prompts; returns how many.
+
+        prompts: the game's encoded prompts; examples: the PromptExamples they were encoded from. Samples beyond the
+        capacity push out the oldest, as fresh policy samples later push out these."""
+        positions, responses = [], []
+        for position, prompt in enumerate(prompts):
+            if prompt.gold_ids is not None:
+                for text in examples[prompt.prompt_index].samples:
+                    positions.append(position)
+                    responses.append(encoder.response_ids(text))
+        self.add(positions, responses)
+        logger.info("seeded the RM sample buffer with %d offline samples", len(responses))
+        return len(responses)
 
     def groups(self) -> dict[int, list[list[int]]]:
         """prompt position -> its buffered responses (oldest first)."""

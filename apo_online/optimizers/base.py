@@ -9,12 +9,19 @@ A policy optimizer is any object with:
   step(rollout: Rollout) -> dict[str, float] one policy update on a fresh rollout; returns metrics to log
   state_dict() / load_state_dict(state)      its own resumable state (e.g. an adaptive KL coefficient)
 
-Register a class (constructed as cls(config_section)) together with its config dataclass:
+Register a class (constructed as cls(config_section)) together with its config dataclass and, optionally, a
+validate(config, world_size) function that raises ConfigError before anything heavy starts:
 
-    @register_optimizer("reinforce", ReinforceConfig)
+    @register_optimizer("reinforce", ReinforceConfig, validate_reinforce)
     class Reinforce: ...
 
-then choose it with `game.policy_optimizer: reinforce`; its YAML/CLI section is `reinforce:`.
+then choose it with `game.policy_optimizer: reinforce`; its YAML/CLI section is `reinforce:`. Registration happens
+at import time, so a user module only has to be imported before the config is loaded (recipes/custom_optimizer.py).
+
+Rollouts are prompt-major: with n samples per prompt, rows i*n .. i*n+n-1 answer prompt i. RolloutSpec's
+samples_per_prompt=None means "rollout.samples_per_prompt from the config"; an optimizer that compares samples of
+the same prompt (DPO, RJS) checks n in its validate function with `require_samples_per_prompt`.
+Built-in optimizers (BUILTIN_MODULES) are imported on first use: ppo (default), dpo, rjs.
 """
 
 from __future__ import annotations
@@ -27,7 +34,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from apo_online.rollout import Rollout, RolloutSpec
 
-BUILTIN_MODULES = {"ppo": "apo_online.optimizers.ppo"}
+BUILTIN_MODULES = {
+    "ppo": "apo_online.optimizers.ppo",
+    "dpo": "apo_online.optimizers.dpo",
+    "rjs": "apo_online.optimizers.rjs",
+}
 
 
 @runtime_checkable
@@ -74,6 +85,16 @@ def register_optimizer(name: str, config_cls: type, validate: Callable[[Any, int
         return cls
 
     return decorator
+
+
+def require_samples_per_prompt(config, optimizer_name: str, minimum: int, reason: str) -> None:
+    """For validate functions: ConfigError unless rollout.samples_per_prompt >= minimum."""
+    n = config.rollout.samples_per_prompt
+    if n < minimum:
+        from apo_online.config import ConfigError
+
+        raise ConfigError(f"game.policy_optimizer {optimizer_name!r} needs rollout.samples_per_prompt >= {minimum} "
+                          f"({reason}), got {n}")
 
 
 def _load_builtins() -> None:

@@ -1,0 +1,17 @@
+"""Online APO with online-DPO policy updates: the current APO RM ranks n samples per prompt, DPO trains on
+the best-vs-worst pairs (apo_online/optimizers/dpo.py).
+
+    accelerate launch recipes/apo_dpo.py                                 # offline default (SmolLM2-135M, embedded task)
+    accelerate launch recipes/apo_dpo.py --config my.yaml --game.total_steps 200
+    accelerate launch recipes/apo_dpo.py --model.model_name_or_path tiny-llama --game.total_steps 3
+
+Defaults come from recipes/configs/apo_dpo.yaml; any field can be overridden with --section.field value.
+"""
+
+import sys
+from pathlib import Path
+
+from apo_online.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], default_yaml=Path(__file__).parent / "configs" / "apo_dpo.yaml"))

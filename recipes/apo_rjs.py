@@ -1,0 +1,17 @@
+"""Online APO with rejection-sampling policy updates: best-of-n under the current APO RM, then SFT on the
+winners (apo_online/optimizers/rjs.py), the policy update of the APO paper's experiments.
+
+    accelerate launch recipes/apo_rjs.py                                 # offline default (SmolLM2-135M, embedded task)
+    accelerate launch recipes/apo_rjs.py --config my.yaml --game.total_steps 200
+    accelerate launch recipes/apo_rjs.py --model.model_name_or_path tiny-llama --game.total_steps 3
+
+Defaults come from recipes/configs/apo_rjs.yaml; any field can be overridden with --section.field value.
+"""
+
+import sys
+from pathlib import Path
+
+from apo_online.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], default_yaml=Path(__file__).parent / "configs" / "apo_rjs.yaml"))
