@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{size} {variant} run {repeat}: median step {statistics.median(result['step_times']):.3f}s "
                       f"peak RSS {result['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
                 results["runs"].setdefault(size, {}).setdefault(variant, []).append(result)
+                args.output.write_text(json.dumps(results, indent=1), encoding="utf-8")  # partial results kept
         summary = {variant: summarize(runs) for variant, runs in results["runs"][size].items()}
         if "trl_ppo" in summary:
             trl, ratios = summary["trl_ppo"], {}
