@@ -41,8 +41,10 @@ def ensure_trl_venv(venv: Path = TRL_VENV) -> Path:
     python = venv_python(venv)
     check = [str(python), "-c", "import trl; from trl.experimental.ppo import PPOTrainer; print(trl.__version__)"]
     env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE="1")
-    if python.exists() and subprocess.run(check, capture_output=True, env=env).returncode == 0:
-        return python
+    if python.exists():
+        found = subprocess.run(check, capture_output=True, text=True, env=env)
+        if found.returncode == 0 and found.stdout.strip() == "1.12.0":
+            return python
     print(f"creating the TRL venv in {venv} (a few minutes)", file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     constraints = str(BENCH / "trl_constraints.txt")
