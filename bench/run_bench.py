@@ -116,11 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--updates", type=int, default=3)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads per worker")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="on both sides (default off on both)")
     parser.add_argument("--apo-python", default=sys.executable, help="interpreter of the library venv")
     parser.add_argument("--output", type=Path, default=BENCH / "results.json")
     args = parser.parse_args(argv)
     trl_python = ensure_trl_venv() if "trl_ppo" in args.variants else None
     common = ["--warmup", str(args.warmup), "--updates", str(args.updates), "--threads", str(args.threads)]
+    apo_flags = ["--gradient-checkpointing"] if args.gradient_checkpointing else []
     load_before = os.getloadavg()
     results: dict = {"settings": vars(args) | {"output": str(args.output)},
                      "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
@@ -128,14 +130,15 @@ def main(argv: list[str] | None = None) -> None:
                      "runs": {}, "summary": {}}
     for size in args.sizes:
         assets = ASSETS / f"{size}.json"
-        run_worker([args.apo_python, "bench/apo_worker.py", "--size", size, "--export", str(assets)],
+        run_worker([args.apo_python, "bench/apo_worker.py", "--size", size, "--export", str(assets)] + apo_flags,
                    ASSETS / "logs" / f"{size}_export.log")
         for repeat in range(args.repeats):  # interleave the variants so that load changes hit them alike
             for variant in args.variants:
                 if variant == "trl_ppo":
                     command = [str(trl_python), "bench/trl_worker.py", "--assets", str(assets)] + common
                 else:
-                    command = [args.apo_python, "bench/apo_worker.py", "--size", size, "--variant", variant] + common
+                    command = ([args.apo_python, "bench/apo_worker.py", "--size", size, "--variant", variant] + common
+                               + apo_flags)
                 result = run_worker(command, ASSETS / "logs" / f"{size}_{variant}_{repeat}.log")
                 print(f"{size} {variant} run {repeat}: median step {statistics.median(result['step_times']):.3f}s "
                       f"peak RSS {result['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)

@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> None:
             path, num_labels=1, dtype=torch.float32, pad_token_id=tokenizer.pad_token_id)
 
     policy, ref_policy, reward_model, value_model = causal_lm(), causal_lm(), scalar_model(), scalar_model()
+    if assets["gradient_checkpointing"]:
+        # PPOTrainer overrides Trainer.train and never applies PPOConfig.gradient_checkpointing (its default True
+        # is a no-op in TRL 1.12.0): enable it on the two trained models, as a user who wants it has to.
+        for model in (policy, value_model):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     dataset = Dataset.from_dict({"input_ids": assets["prompts"]})
     batch = assets["prompts_per_step"]
     steps = args.warmup + args.updates
