@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 from trl.trainer.utils import selective_log_softmax
 
 ADAPTER_ROLES = ("policy", "value", "reward")
@@ -83,7 +84,17 @@ class SharedBackbone(nn.Module):
     def train(self, mode: bool = True) -> "SharedBackbone":
         # Stay in eval mode: LoRA dropout is 0 and base dropout is disabled, and peft refuses mixed-adapter batches
         # in training mode. Gradients do not depend on the module mode.
-        return super().train(False)
+        super().train(False)
+        self._sync_checkpointed_layers()
+        return self
+
+    def _sync_checkpointed_layers(self) -> None:
+        """transformers checkpoints a layer only while that layer is in training mode. Mark just the layers that
+        have checkpointing on as training (the flag alone, not their children: attention and dropout stay in eval),
+        so that model.gradient_checkpointing takes effect in this always-eval backbone."""
+        for module in self.peft_model.modules():
+            if isinstance(module, GradientCheckpointingLayer):
+                module.training = bool(module.gradient_checkpointing)
 
     # Gradient checkpointing lives on the base model; trl's unwrap_model_for_generation toggles it around generate.
     # transformers >= 5.20 calls it "activation checkpointing" and deprecates the old names.
@@ -102,9 +113,11 @@ class SharedBackbone(nn.Module):
             base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self._sync_checkpointed_layers()
 
     def gradient_checkpointing_disable(self) -> None:
         self._checkpointing_api("activation_checkpointing_disable", "gradient_checkpointing_disable")()
+        self._sync_checkpointed_layers()
 
     # ---------------------------------------------------------------------------------------------------------------
     # adapter switching

@@ -119,3 +119,39 @@ def test_value_head_starts_at_zero(tiny_model_path):
     bb = SharedBackbone.build(lm, LoraSettings(r=4, alpha=8))
     ids, mask = batch()
     assert torch.count_nonzero(bb(ids, mask, roles=("value",), response_start=5)["value"]) == 0
+
+
+def test_gradient_checkpointing_recomputes_layers_and_keeps_results(backbone):
+    """model.gradient_checkpointing must take effect although the backbone stays in eval mode (transformers only
+    checkpoints layers that are in training mode): each decoder layer runs again in the backward pass, and the
+    log-probs and gradients are unchanged."""
+    ids, mask = batch()
+    layers = backbone.peft_model.get_base_model().get_decoder().layers
+    calls = []
+    # transformers checkpoints a layer's forward, not its __call__, and torch stops the recomputation early (after
+    # the last saved tensor): count calls that *enter* a child to see the recomputation
+    hooks = [layer.mlp.register_forward_pre_hook(lambda *_: calls.append(1)) for layer in layers]
+
+    def run():
+        calls.clear()
+        backbone.zero_grad(set_to_none=True)
+        out = backbone(ids, mask, roles=("policy",), response_start=5)
+        out["policy"].sum().backward()
+        grads = {n: p.grad.clone() for n, p in backbone.named_parameters() if p.grad is not None}
+        return out["policy"].detach(), grads, len(calls)
+
+    plain_logprobs, plain_grads, plain_calls = run()
+    backbone.gradient_checkpointing_enable()
+    backbone.train()  # as accelerate/trl may call it: must not switch checkpointing off again
+    ckpt_logprobs, ckpt_grads, ckpt_calls = run()
+    for hook in hooks:
+        hook.remove()
+    assert plain_calls == len(layers)
+    assert ckpt_calls == 2 * len(layers)  # forward + recomputation in backward
+    assert not any(m.training for m in backbone.modules() if m not in set(layers) and m is not backbone)
+    assert torch.allclose(plain_logprobs, ckpt_logprobs, atol=1e-6)
+    assert plain_grads.keys() == ckpt_grads.keys()
+    for name in plain_grads:
+        assert torch.allclose(plain_grads[name], ckpt_grads[name], atol=1e-5), name
+    backbone.gradient_checkpointing_disable()
+    assert not any(layer.training for layer in layers)

@@ -1,0 +1,169 @@
+"""One benchmark run of apo-online PPO (policy/value/reward/reference on one LoRA backbone). Library venv.
+
+    python bench/apo_worker.py --size tiny --variant apo_ppo_frozen_rm --warmup 1 --updates 3
+    python bench/apo_worker.py --size tiny --export bench/.assets/tiny.json   # prompts + model for trl_worker.py
+
+Builds the game from recipes/configs/apo_ppo.yaml plus the overrides in `overrides()`, runs `--warmup` untimed
+game steps, then `--updates` timed ones (APOGame.play_step: rollout, PPO update, RM update), and prints ONE JSON
+line on stdout: step_times, phase times (from the game's timing/* metrics), generation time, tokens generated,
+RM-update time and the peak RSS of this process (ru_maxrss, plus children if any).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MODELS = {"tiny": "tiny-llama", "smollm2": "smollm2-135m-instruct"}
+VARIANTS = ("apo_ppo_frozen_rm", "apo_ppo_refit")
+
+
+def overrides(size: str, variant: str, output_dir: str, args) -> list[str]:
+    """The shared settings (the TRL side reads the same numbers from the exported JSON)."""
+    values = {
+        "model.model_name_or_path": MODELS[size],
+        "game.output_dir": output_dir,
+        "game.total_steps": args.warmup + args.updates,
+        "game.eval_every": 0,
+        "game.save_every": 0,
+        "game.cpu_threads": args.threads,
+        "rollout.prompts_per_step": args.prompts_per_step,
+        "rollout.max_new_tokens": args.max_new_tokens,
+        "ppo.ppo_epochs": args.ppo_epochs,
+        "ppo.num_minibatches": args.num_minibatches,
+        "ppo.gradient_accumulation_steps": 1,
+        "model.gradient_checkpointing": args.gradient_checkpointing,  # exported: the TRL side follows
+    }
+    if variant == "apo_ppo_frozen_rm":  # RM never updated: the same work as TRL's PPO with a fixed RM
+        values.update({"game.rm_update_every": 0, "game.rm_warmup_steps": 0})
+    else:  # APO refit every game.rm_update_every steps, as recipes/configs/apo_ppo.yaml sets it
+        values.update({"game.rm_warmup_steps": args.rm_warmup_steps})
+    out: list[str] = []
+    for key, value in values.items():
+        out += [f"--{key}", str(value)]
+    return out
+
+
+def peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) / 1024.0  # ru_maxrss is in KiB on Linux
+
+
+def build_game(args, output_dir: str):
+    import torch  # noqa: F401  (heavy imports after the environment is set)
+
+    from apo_online.config import load_config
+    from apo_online.distributed import make_accelerator
+    from apo_online.game import APOGame
+
+    config = load_config(overrides(args.size, args.variant, output_dir, args),
+                         default_yaml=REPO / "recipes/configs/apo_ppo.yaml")
+    accelerator = make_accelerator(config.game, log_with=None)
+    return APOGame(config, accelerator=accelerator)
+
+
+def export(game, path: Path, args) -> None:
+    """Everything trl_worker.py needs, so that the TRL venv never imports apo_online."""
+    from apo_online.model_loading import resolve_model_path
+
+    cfg, ppo = game.config, game.config.optimizer_config("ppo")
+    tok = game.tokenizer
+    data = {
+        "size": args.size,
+        "model_path": resolve_model_path(cfg.model.model_name_or_path, cfg.model.cache_dir),
+        "pad_token": tok.pad_token, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
+        "prompts_per_step": cfg.rollout.prompts_per_step, "max_new_tokens": cfg.rollout.max_new_tokens,
+        "temperature": cfg.rollout.temperature, "missing_eos_penalty": cfg.rollout.missing_eos_penalty,
+        "forward_batch_size": cfg.rollout.forward_batch_size, "gradient_checkpointing": cfg.model.gradient_checkpointing,
+        "ppo_epochs": ppo.ppo_epochs, "num_minibatches": ppo.num_minibatches, "kl_coef": ppo.kl_coef,
+        "cliprange": ppo.cliprange, "cliprange_value": ppo.cliprange_value, "vf_coef": ppo.vf_coef,
+        "gamma": ppo.gamma, "lam": ppo.lam, "learning_rate": ppo.learning_rate,
+        "prompts": [p.input_ids for p in game.prompts],  # chat template + system prompt already applied
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def run(game, args) -> dict:
+    from apo_online.backbone import SharedBackbone
+
+    generation_times: list[float] = []
+    original_generate = SharedBackbone.generate
+
+    def timed_generate(self, *a, **kw):  # the sampling loop alone, inside timing/rollout_s
+        started = time.perf_counter()
+        try:
+            return original_generate(self, *a, **kw)
+        finally:
+            generation_times.append(time.perf_counter() - started)
+
+    SharedBackbone.generate = timed_generate
+    if game.config.game.rm_update_every:  # untimed, like loading: the warm-up RM is the base of every refit
+        game.rm_step.warmup(game.config.game.rm_warmup_steps)
+    game.warmed_up = True
+    records = []
+    wall_start = None
+    for step in range(args.warmup + args.updates):
+        if step == args.warmup:
+            wall_start = time.perf_counter()
+        metrics = game.play_step()
+        metrics["tokens"] = float(metrics["response/length"] * args.prompts_per_step)
+        metrics["generation_s"] = generation_times[-1]
+        records.append(metrics)
+    wall = time.perf_counter() - wall_start
+    timed = records[args.warmup :]
+    return {
+        "variant": args.variant, "size": args.size,
+        "step_times": [m["timing/step_s"] for m in timed],
+        "rollout_times": [m["timing/rollout_s"] for m in timed],
+        "generation_times": [m["generation_s"] for m in timed],
+        "policy_update_times": [m["timing/policy_update_s"] for m in timed],
+        "rm_times": [m["timing/rm_update_s"] for m in timed],
+        "rm_time": sum(m["timing/rm_update_s"] for m in timed),
+        "wall_time": wall,
+        "tokens_generated": int(sum(m["tokens"] for m in timed)),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(MODELS), default="tiny")
+    parser.add_argument("--variant", choices=VARIANTS, default="apo_ppo_frozen_rm")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--updates", type=int, default=3)
+    parser.add_argument("--prompts-per-step", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--ppo-epochs", type=int, default=1)
+    parser.add_argument("--num-minibatches", type=int, default=2)
+    parser.add_argument("--rm-warmup-steps", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--export", type=Path, help="write prompts + settings for trl_worker.py and exit")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="apo_bench_") as output_dir:
+        game = build_game(args, output_dir)
+        if args.export:
+            export(game, args.export, args)
+            print(json.dumps({"exported": str(args.export), "prompts": len(game.prompts)}), flush=True)
+            return
+        result = run(game, args)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
