@@ -89,6 +89,7 @@ class GameConfig:
     rm_steps_per_update: int = 4
     rm_queries_per_step: int = 8  # (gold, samples) groups per RM optimizer step, per process
     rm_pairs_per_step: int = 8  # human preference pairs per RM optimizer step, per process
+    rm_micro_batches: int = 1  # split each RM step into this many forward/backward passes (less activation memory)
     rm_learning_rate: float = 1e-4
     beta2: float = 1.0  # weight of the human-preference Bradley-Terry term
     apo_coeff: float = 1.0  # weight of the gold-vs-sample term
@@ -146,6 +147,7 @@ class Config:
         need(g.rm_update_every >= 0, f"game.rm_update_every must be >= 0 (0 disables), got {g.rm_update_every}")
         need(g.rm_mode in ("refit", "continue"), f"game.rm_mode must be 'refit' or 'continue', got {g.rm_mode!r}")
         need(g.beta2 >= 0, f"game.beta2 must be >= 0, got {g.beta2}")
+        need(g.rm_micro_batches >= 1, f"game.rm_micro_batches must be >= 1, got {g.rm_micro_batches}")
         need(g.max_grad_norm > 0, f"game.max_grad_norm must be > 0, got {g.max_grad_norm}")
         need(g.max_consecutive_skips >= 1, f"game.max_consecutive_skips must be >= 1, got {g.max_consecutive_skips}")
         need(g.save_every >= 0 and g.keep_last_checkpoints >= 0,

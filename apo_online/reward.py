@@ -111,8 +111,12 @@ class AdversarialRewardStep:
         groups = [(p, r) for p, r in sorted(buffer.groups().items()) if self.prompts[p].gold_ids is not None]
         return self.rng.sample(groups, min(self.cfg.rm_queries_per_step, len(groups)))
 
-    def loss(self, groups, pairs) -> tuple[torch.Tensor, dict[str, float]]:
-        """L_RM on Q (gold, samples) groups and K human pairs, scored in one forward."""
+    def loss(self, groups, pairs, apo_share: float = 1.0, pref_share: float = 1.0) -> tuple[torch.Tensor, dict]:
+        """L_RM on Q (gold, samples) groups and K human pairs, scored in one forward.
+
+        A micro-batch of a larger RM step passes its share of that step's groups (apo_share) and pairs
+        (pref_share): both terms are means over their items, so the shares make the micro-batch losses, and the
+        metrics, add up to those of the whole step."""
         prompts, messages, responses = [], [], []
         for position, samples in groups:
             prompt = self.prompts[position]
@@ -143,25 +147,41 @@ class AdversarialRewardStep:
                 sample_mask[q, : len(rows)] = 1.0
             loss_apo = losses.apo_rm_loss(gold, sample_scores, sample_mask)
             gap = gold.detach() - losses.masked_mean(sample_scores.detach(), sample_mask, dim=1)
-            metrics.update({"rm/loss_apo": loss_apo.item(), "rm/gold_minus_sample": gap.mean().item(),
-                            "rm/gold_score": gold.mean().item()})
+            metrics.update({"rm/loss_apo": apo_share * loss_apo.item(),
+                            "rm/gold_minus_sample": apo_share * gap.mean().item(),
+                            "rm/gold_score": apo_share * gold.mean().item()})
         if pairs:
             chosen, rejected = scores[cursor::2], scores[cursor + 1 :: 2]
             loss_pref = losses.bradley_terry_loss(chosen, rejected)
-            metrics.update({"rm/loss_pref": loss_pref.item(),
-                            "rm/pref_accuracy": (chosen > rejected).float().mean().item()})
-        total = losses.apo_total_rm_loss(loss_apo, loss_pref, self.cfg.apo_coeff, self.cfg.beta2)
+            metrics.update({"rm/loss_pref": pref_share * loss_pref.item(),
+                            "rm/pref_accuracy": pref_share * (chosen > rejected).float().mean().item()})
+        total = losses.apo_total_rm_loss(apo_share * loss_apo, pref_share * loss_pref, self.cfg.apo_coeff,
+                                         self.cfg.beta2)
         metrics["rm/loss"] = total.item()
         return total, metrics
+
+    def _micro_batches(self, groups: list, pairs: list) -> list[tuple[list, list, float, float]]:
+        """game.rm_micro_batches contiguous slices of the step's groups and pairs, each with its shares; empty
+        slices are left out (the last one run synchronises gradients across processes)."""
+        parts = self.cfg.rm_micro_batches
+        cut = lambda items, k: items[k * len(items) // parts: (k + 1) * len(items) // parts]
+        slices = [(cut(groups, k), cut(pairs, k)) for k in range(parts)]
+        slices = [(g, p) for g, p in slices if g or p] or [(groups, pairs)]
+        return [(g, p, len(g) / max(len(groups), 1), len(p) / max(len(pairs), 1)) for g, p in slices]
 
     def _train(self, steps: int, buffer: SampleBuffer | None) -> dict[str, float]:
         totals: dict[str, float] = {}
         with self.ctx.phase(("reward",)):
             for _ in range(steps):
                 groups = self._draw_groups(buffer) if buffer is not None else []
-                with self.ctx.micro_batch(is_last=True):
-                    loss, metrics = self.loss(groups, self._draw_pairs())
-                    self.ctx.backward(loss)
+                micro_batches = self._micro_batches(groups, self._draw_pairs())
+                metrics: dict[str, float] = {}
+                for k, (group_slice, pair_slice, apo_share, pref_share) in enumerate(micro_batches):
+                    with self.ctx.micro_batch(is_last=k == len(micro_batches) - 1):
+                        loss, part = self.loss(group_slice, pair_slice, apo_share, pref_share)
+                        self.ctx.backward(loss)
+                    for key, value in part.items():
+                        metrics[key] = metrics.get(key, 0.0) + value
                 metrics["rm/grad_norm"] = self.ctx.optimizer_step()["grad_norm"]
                 for key, value in metrics.items():
                     totals[key] = totals.get(key, 0.0) + value / steps
