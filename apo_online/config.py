@@ -100,6 +100,10 @@ class GameConfig:
     log_every: int = 1
     save_every: int = 0  # 0: save only at the end
     eval_every: int = 0  # 0: no periodic eval
+    # Every eval_every steps the hidden gold judge (apo_online/gold_judge.py) scores fresh policy samples on
+    # data.num_eval_prompts held-out prompts, and the RM is checked against it (eval/gold_*, eval/rm_*_on_policy).
+    gold_judge: bool = False
+    eval_samples_per_prompt: int = 2  # >= 2 gives pairs of policy samples to check the RM's rankings on
 
 
 @dataclass
@@ -142,6 +146,9 @@ class Config:
         need(g.rm_update_every >= 0, f"game.rm_update_every must be >= 0 (0 disables), got {g.rm_update_every}")
         need(g.rm_mode in ("refit", "continue"), f"game.rm_mode must be 'refit' or 'continue', got {g.rm_mode!r}")
         need(g.beta2 >= 0, f"game.beta2 must be >= 0, got {g.beta2}")
+        need(g.eval_samples_per_prompt >= 1,
+             f"game.eval_samples_per_prompt must be >= 1, got {g.eval_samples_per_prompt}")
+        need(d.num_eval_prompts >= 1, f"data.num_eval_prompts must be >= 1, got {d.num_eval_prompts}")
         need(r.prompts_per_step >= 1, f"rollout.prompts_per_step must be >= 1, got {r.prompts_per_step}")
         need(r.samples_per_prompt >= 1, f"rollout.samples_per_prompt must be >= 1, got {r.samples_per_prompt}")
         need(r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}")

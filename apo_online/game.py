@@ -56,6 +56,9 @@ class APOGame:
         self.policy_optimizer.setup(self.ctx, self)
         self.step, self.warmed_up, self.stop_requested = 0, False, False
         self.evaluators = []  # callables game -> dict of eval metrics, run every game.eval_every steps
+        if config.game.gold_judge:  # the hidden gold judge scores fresh policy samples (apo_online/evaluation.py)
+            from apo_online.evaluation import GoldJudgeEvaluator
+            self.evaluators.append(GoldJudgeEvaluator(self))
         set_seed(config.game.seed + self.accelerator.process_index)  # different samples on every process
 
     def _build_model(self) -> None:
