@@ -2,14 +2,19 @@
 
 A checkpoint folder `<output_dir>/checkpoints/step-000042/` holds
   trainable.pt          every trainable weight (adapters policy/value/reward, value and reward heads)   [rank 0]
+  reward_model.pt       the separate reward model's weights, when model.reward_model_path is used       [rank 0]
   optimizer.pt          RoleAdamW state (Adam moments and step counts of every role)                     [rank 0]
-  optimizer-rank{r}.pt  the same, one shard per process, under DeepSpeed ZeRO
+  deepspeed/            instead of the two above under DeepSpeed: the engine's own checkpoint (trainable
+                        weights, fp32 master partitions and optimizer shards of every rank)
   rank{r}.pt            per process: RNG states, game state (step, prompt sampler, RM sample buffer, RM
-                        step state incl. the base RM of refit mode, policy-optimizer state e.g. KL coefficient)
+                        step state incl. the base RM of refit mode, policy-optimizer state e.g. KL coefficient,
+                        skipped-update counters)
   adapters/             peft adapter folders + heads.pt, for users (load with PeftModel.from_pretrained)
-  meta.json             step and config                                                                   [rank 0]
+  meta.json             step, why it was written, process count, ZeRO stage, per-rank weight checksums, config
 It is written to a temporary folder and renamed when complete, so a crash never leaves a half checkpoint that
-`--game.resume_from_checkpoint latest` would pick up.
+`--game.resume_from_checkpoint latest` would pick up. A checkpoint written because updates kept failing
+(`step-000042-nonfinite`) holds the state in the middle of the failed step: `latest` ignores it; resume from it by
+path. There is no learning-rate scheduler to save (learning rates are constant).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -27,15 +33,31 @@ from accelerate.utils import gather_object
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "step-"
+_CLEAN_NAME = re.compile(rf"{CHECKPOINT_PREFIX}\d{{6}}")
+DEEPSPEED_TAG = "state"
+# Config fields that change the shape or meaning of the saved state: resuming with other values cannot work.
+STRUCTURAL_FIELDS = (("model", "model_name_or_path"), ("model", "lora_r"), ("model", "lora_target_modules"),
+                     ("game", "policy_optimizer"))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resumed by this run (missing, incomplete or written by a different setup)."""
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
+def clean_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints written at step boundaries, oldest first."""
     root = checkpoint_root(output_dir)
-    done = sorted(p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if (p / "meta.json").is_file()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if _CLEAN_NAME.fullmatch(p.name) and (p / "meta.json").is_file())
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    done = clean_checkpoints(output_dir)
     return done[-1] if done else None
 
 
@@ -44,10 +66,14 @@ def resolve_resume_path(value: str | None, output_dir: str | Path) -> Path | Non
     if not value:
         return None
     if value == "latest":
-        return latest_checkpoint(output_dir)
+        path = latest_checkpoint(output_dir)
+        if path is None:
+            logger.warning("--game.resume_from_checkpoint latest: no checkpoint in %s yet; starting from scratch",
+                           checkpoint_root(output_dir))
+        return path
     path = Path(value)
     if not (path / "meta.json").is_file():
-        raise FileNotFoundError(f"--game.resume_from_checkpoint {value}: no complete checkpoint there (no meta.json)")
+        raise CheckpointError(f"--game.resume_from_checkpoint {value}: no complete checkpoint there (no meta.json)")
     return path
 
 
@@ -66,81 +92,111 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainable_state(backbone) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().clone() for name, p in backbone.named_parameters() if p.requires_grad}
-
-
-def weights_checksum(backbone) -> str:
-    """Bit-exact digest of the trainable weights; equal on every process unless the replicas diverged."""
+def weights_checksum(weights: dict[str, torch.Tensor]) -> str:
+    """Bit-exact digest of trainable weights; equal on every process unless the replicas diverged."""
     digest = hashlib.sha256()
-    for name, param in sorted(backbone.named_parameters()):
-        if param.requires_grad:
-            digest.update(name.encode())
-            digest.update(param.detach().cpu().float().contiguous().numpy().tobytes())
+    for name in sorted(weights):
+        digest.update(name.encode())
+        digest.update(weights[name].float().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
-def save_checkpoint(game, step: int) -> Path:
-    """Collective: every process must call it. Returns the final folder."""
-    accelerator = game.accelerator
+# ---------------------------------------------------------------------------------------------------------------------
+# save
+# ---------------------------------------------------------------------------------------------------------------------
+def save_checkpoint(game, step: int, reason: str = "periodic", keep_last: int = 0) -> Path:
+    """Collective: every process must call it. Returns the final folder.
+
+    reason: periodic | final | signal (all at a step boundary) or nonfinite (in the middle of a failed step).
+    keep_last > 0 deletes all but the newest `keep_last` step-boundary checkpoints afterwards."""
+    accelerator, ctx = game.accelerator, game.ctx
     root = checkpoint_root(game.config.game.output_dir)
-    final = root / f"{CHECKPOINT_PREFIX}{step:06d}"
-    tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step:06d}"
+    name = f"{CHECKPOINT_PREFIX}{step:06d}" + ("-nonfinite" if reason == "nonfinite" else "")
+    final, tmp = root / name, root / f".tmp-{name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    backbone = accelerator.unwrap_model(game.model)
     rank = accelerator.process_index
-    if game.ctx.uses_deepspeed:
-        torch.save(game.optimizer.state_dict(), tmp / f"optimizer-rank{rank}.pt")
+    if ctx.uses_deepspeed:  # the engine writes weights, fp32 masters and optimizer shards of every rank
+        game.model.save_checkpoint(str(tmp / "deepspeed"), tag=DEEPSPEED_TAG, save_latest=False,
+                                   exclude_frozen_parameters=True)
     elif accelerator.is_main_process:
         torch.save(game.optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save({"rng": rng_state(), "game": game.state_dict()}, tmp / f"rank{rank}.pt")
-    checksums = gather_object([weights_checksum(backbone)])
+    weights = ctx.read_weights()
+    checksums = gather_object([weights_checksum(weights)])
     if accelerator.is_main_process:
-        torch.save(trainable_state(backbone), tmp / "trainable.pt")
-        export_adapters(backbone, tmp / "adapters")
+        torch.save(weights, tmp / "trainable.pt")
+        if game.reward_model is not None:
+            torch.save(game.scorer.weights(), tmp / "reward_model.pt")
+    export_adapters(ctx, tmp / "adapters")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if len(set(checksums)) > 1:
             logger.error("trainable weights differ between processes at step %d: %s", step, checksums)
-        meta = {"step": step, "num_processes": accelerator.num_processes, "rank_weight_checksums": checksums,
-                "config": game.config.to_dict()}
+        meta = {"step": step, "reason": reason, "num_processes": accelerator.num_processes,
+                "zero_stage": ctx.zero_stage, "rank_weight_checksums": checksums, "config": game.config.to_dict()}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
+        if keep_last > 0 and reason != "nonfinite":
+            for old in clean_checkpoints(game.config.game.output_dir)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
 
-def export_adapters(backbone, folder: Path) -> None:
-    """peft adapter folders (policy, value, reward) and the two scalar heads, in user-loadable form."""
-    backbone.peft_model.save_pretrained(str(folder), selected_adapters=["policy", "value", "reward"])
-    torch.save({"value_head": backbone.value_head.state_dict(), "reward_head": backbone.reward_head.state_dict()},
-               folder / "heads.pt")
+def export_adapters(ctx, folder: Path) -> None:
+    """peft adapter folders (policy, value, reward) and the two scalar heads, in user-loadable form.
+    Collective (ZeRO-3 gathers the weights); the main process writes."""
+    backbone = ctx.backbone
+    with ctx.gathered(list(ctx.trainable_parameters().values())):
+        if ctx.accelerator.is_main_process:
+            backbone.peft_model.save_pretrained(str(folder), selected_adapters=["policy", "value", "reward"])
+            torch.save({"value_head": backbone.value_head.state_dict(),
+                        "reward_head": backbone.reward_head.state_dict()}, folder / "heads.pt")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# load
+# ---------------------------------------------------------------------------------------------------------------------
+def check_compatible(meta: dict, path: Path, num_processes: int, zero_stage: int | None, config: dict) -> None:
+    """Refuse, with a message saying what to change, a checkpoint this run cannot continue exactly."""
+    saved = meta.get("num_processes")
+    if saved != num_processes:
+        raise CheckpointError(
+            f"{path} was written by {saved} processes but this run has {num_processes}: resume with "
+            f"--num_processes {saved} (each process's RNG state and RM sample buffer cannot be redistributed)")
+    saved_stage = meta.get("zero_stage")
+    if saved_stage != zero_stage:
+        describe = lambda stage: "no DeepSpeed" if stage is None else f"DeepSpeed ZeRO-{stage}"
+        raise CheckpointError(f"{path} was written with {describe(saved_stage)} but this run uses "
+                              f"{describe(zero_stage)}: resume with the same accelerate config")
+    changed = [f"{section}.{key}: {meta['config'][section][key]!r} in the checkpoint, {config[section][key]!r} now"
+               for section, key in STRUCTURAL_FIELDS if meta["config"][section][key] != config[section][key]]
+    if changed:
+        raise CheckpointError(f"{path} does not fit this run's config: {'; '.join(changed)}")
 
 
 def load_checkpoint(game, path: Path) -> int:
     """Restore weights, optimizer, RNG and game state from `path`; returns the step to continue from."""
-    accelerator = game.accelerator
+    accelerator, ctx = game.accelerator, game.ctx
+    meta = json.loads((path / "meta.json").read_text())
+    check_compatible(meta, path, accelerator.num_processes, ctx.zero_stage, game.config.to_dict())
     rank = accelerator.process_index
-    backbone = accelerator.unwrap_model(game.model)
-    weights = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
-    params = dict(backbone.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value.to(params[name].device))
-    if game.ctx.uses_deepspeed:
-        game.optimizer.load_state_dict(torch.load(path / f"optimizer-rank{rank}.pt", map_location="cpu",
-                                                  weights_only=False))
+    if ctx.uses_deepspeed:
+        loaded, _ = game.model.load_checkpoint(str(path / "deepspeed"), tag=DEEPSPEED_TAG, load_module_strict=False,
+                                               load_optimizer_states=True, load_lr_scheduler_states=False)
+        if loaded is None:
+            raise CheckpointError(f"{path / 'deepspeed'}: DeepSpeed could not load its checkpoint")
     else:
+        ctx.write_weights(torch.load(path / "trainable.pt", map_location="cpu", weights_only=True))
         game.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
-    rank_file = path / f"rank{rank}.pt"
-    if not rank_file.is_file():
-        raise FileNotFoundError(f"{rank_file}: the checkpoint was written by fewer processes than this run uses")
-    state = torch.load(rank_file, map_location="cpu", weights_only=False)
+    if game.reward_model is not None:  # never under DeepSpeed (refused in APOGame)
+        game.scorer.load_weights(torch.load(path / "reward_model.pt", map_location="cpu", weights_only=True))
+    state = torch.load(path / f"rank{rank}.pt", map_location="cpu", weights_only=False)
     game.load_state_dict(state["game"])
     set_rng_state(state["rng"])
-    return json.loads((path / "meta.json").read_text())["step"]
+    return meta["step"]

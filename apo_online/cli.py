@@ -20,9 +20,13 @@ def _setup_logging() -> None:
 
 
 def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None) -> int:
-    """Run one game. Bad configuration or data exits with status 2 and a one-line message, no traceback."""
+    """Run one game and return the exit status, with a one-line message (no traceback) when it did not finish:
+    2 bad configuration, data or checkpoint; 3 stopped after too many non-finite updates (a checkpoint was
+    written); 128+N stopped by signal N (SIGTERM: 143, SIGINT: 130) after a checkpoint."""
+    from apo_online.checkpoint import CheckpointError
     from apo_online.data_formats import DataFormatError
     from apo_online.model_loading import MissingOfflinePackage
+    from apo_online.training import NonFiniteUpdates
 
     _setup_logging()
     log = logging.getLogger("apo_online")
@@ -33,9 +37,19 @@ def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None)
         started = time.perf_counter()
         game = game_cls(config)
         metrics = game.run()
-    except (ConfigError, DataFormatError, MissingOfflinePackage, FileNotFoundError) as err:
+    except (ConfigError, DataFormatError, MissingOfflinePackage, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteUpdates as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt as err:
+        print(f"aborted: {err or 'interrupted'}", file=sys.stderr)
+        return 130
+    if game.stop_signal is not None:
+        print(f"stopped by signal {game.stop_signal} after step {game.step}; checkpoint: {game.last_checkpoint}; "
+              f"continue with --game.resume_from_checkpoint latest", file=sys.stderr)
+        return 128 + int(game.stop_signal)
     if game.accelerator.is_main_process:
         log.info("finished %d steps in %.1f s; TensorBoard: tensorboard --logdir %s", game.step,
                  time.perf_counter() - started, config.game.output_dir)

@@ -99,6 +99,7 @@ class GameConfig:
     # --- cadences ---
     log_every: int = 1
     save_every: int = 0  # 0: save only at the end
+    keep_last_checkpoints: int = 0  # >0: delete all but the newest K step checkpoints after each save; 0 keeps all
     eval_every: int = 0  # 0: no periodic eval
     # Every eval_every steps the hidden gold judge (apo_online/gold_judge.py) scores fresh policy samples on
     # data.num_eval_prompts held-out prompts, and the RM is checked against it (eval/gold_*, eval/rm_*_on_policy).
@@ -149,6 +150,11 @@ class Config:
         need(g.eval_samples_per_prompt >= 1,
              f"game.eval_samples_per_prompt must be >= 1, got {g.eval_samples_per_prompt}")
         need(d.num_eval_prompts >= 1, f"data.num_eval_prompts must be >= 1, got {d.num_eval_prompts}")
+        need(g.max_grad_norm > 0, f"game.max_grad_norm must be > 0, got {g.max_grad_norm}")
+        need(g.max_consecutive_skips >= 1, f"game.max_consecutive_skips must be >= 1, got {g.max_consecutive_skips}")
+        need(g.save_every >= 0 and g.keep_last_checkpoints >= 0,
+             f"game.save_every and game.keep_last_checkpoints must be >= 0, got {g.save_every}, "
+             f"{g.keep_last_checkpoints}")
         need(r.prompts_per_step >= 1, f"rollout.prompts_per_step must be >= 1, got {r.prompts_per_step}")
         need(r.samples_per_prompt >= 1, f"rollout.samples_per_prompt must be >= 1, got {r.samples_per_prompt}")
         need(r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}")

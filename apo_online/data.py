@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from apo_online.config import ConfigError
+
 logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
@@ -52,6 +54,7 @@ class EncodedPrompt:
     prompt_index: int  # position in TaskData.train_prompts (or eval_prompts)
     input_ids: list[int]
     gold_ids: list[int] | None
+    messages: Messages = field(default_factory=list)  # kept for a separate reward model's own chat template
 
 
 class PromptEncoder:
@@ -101,12 +104,12 @@ class PromptEncoder:
             if ids is None:
                 continue
             gold = self.response_ids(example.gold) if example.gold is not None else None
-            encoded.append(EncodedPrompt(index, ids, gold))
+            encoded.append(EncodedPrompt(index, ids, gold, example.messages))
         if self.rejected_prompts or self.truncated_prompts:
             logger.warning("prompts longer than %d tokens: %d truncated, %d rejected", self.max_prompt_tokens,
                            self.truncated_prompts, self.rejected_prompts)
         if not encoded:
-            raise ValueError("no usable prompts: every prompt was rejected as too long (data.max_prompt_tokens)")
+            raise ConfigError("no usable prompts: every prompt was rejected as too long (data.max_prompt_tokens)")
         return encoded
 
 
@@ -152,8 +155,8 @@ class PromptSampler:
     def __init__(self, num_prompts: int, prompts_per_step: int, seed: int, rank: int = 0, world_size: int = 1):
         global_batch = prompts_per_step * world_size
         if num_prompts < global_batch:
-            raise ValueError(f"only {num_prompts} usable prompts but one step needs {global_batch} "
-                             f"(rollout.prompts_per_step={prompts_per_step} x {world_size} processes)")
+            raise ConfigError(f"only {num_prompts} usable prompts but one step needs {global_batch} "
+                              f"(rollout.prompts_per_step={prompts_per_step} x {world_size} processes)")
         self.num_prompts, self.per_rank, self.seed = num_prompts, prompts_per_step, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.cursor = 0, 0

@@ -100,6 +100,17 @@ def reward_scores(backbone, prompt_ids: list[list[int]], response_ids: list[list
     return torch.cat(scores) if scores else torch.zeros(0)
 
 
+@torch.no_grad()
+def scorer_scores(scorer, prompt_ids: list[list[int]], messages: list, response_ids: list[list[int]],
+                  batch_size: int = 16) -> torch.Tensor:
+    """A game's RM scorer (apo_online/reward_model.py: shared reward adapter or separate RM) on [B] rows of
+    (prompt tokens, chat messages, response tokens) -> [B] float32 on the CPU."""
+    scores = [scorer.score(prompt_ids[i : i + batch_size], messages[i : i + batch_size],
+                           response_ids[i : i + batch_size]).float().cpu()
+              for i in range(0, len(prompt_ids), batch_size)]
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
 def judged_pairs(judge_scores, prompt_positions: list[int], tie_tolerance: float = 1e-6) -> list[tuple[int, int]]:
     """(better, worse) row pairs among the samples of each prompt, ordered by a judge; ties are left out.
 
@@ -168,6 +179,10 @@ class GoldJudgeEvaluator:
                 backbone, game.tokenizer, [p.input_ids for p in self.prompts], "policy",
                 game.config.game.eval_samples_per_prompt, rollout_config.max_new_tokens,
                 rollout_config.temperature, rollout_config.top_k, rollout_config.top_p)
+        if game.reward_model is not None:  # a separate RM replaces the reward adapter: score with it
+            rows = [self.prompts[i] for i in samples.prompt_positions]
+            samples.rm_scores = scorer_scores(game.scorer, [p.input_ids for p in rows], [p.messages for p in rows],
+                                              samples.response_ids)
         gold = judge.score([self.questions[i] for i in samples.prompt_positions], samples.texts)
         pairs = judged_pairs(gold, samples.prompt_positions)
         rm_better = samples.rm_scores[[a for a, _ in pairs]]

@@ -7,7 +7,10 @@
     2. policy update the pluggable policy optimizer (PPO by default) consumes the rollout
     3. RM update     every rm_update_every steps: the adversarial APO refit of the reward adapter on
                      (gold, fresh sample) groups from the buffer + beta2 * human pairs
-    4. bookkeeping   log to TensorBoard, evaluate, checkpoint on their cadences
+    4. bookkeeping   log (TensorBoard + metrics.jsonl), evaluate, checkpoint on their cadences
+
+Faults: SIGTERM/SIGINT finish the current step, checkpoint and stop (a second signal aborts at once); after
+game.max_consecutive_skips non-finite updates in a row the game checkpoints and raises NonFiniteUpdates.
 """
 
 from __future__ import annotations
@@ -20,20 +23,22 @@ from pathlib import Path
 
 import torch
 import yaml
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from apo_online.backbone import LoraSettings, SharedBackbone
 from apo_online.checkpoint import export_adapters, load_checkpoint, resolve_resume_path, save_checkpoint
-from apo_online.config import Config
+from apo_online.config import Config, ConfigError
 from apo_online.data import PromptEncoder, PromptSampler, TaskData
 from apo_online.data_formats import load_task_data
 from apo_online.distributed import make_accelerator
 from apo_online.model_loading import load_causal_lm
 from apo_online.optimizers.base import build_policy_optimizer
 from apo_online.reward import AdversarialRewardStep, SampleBuffer, encode_pairs
+from apo_online.reward_model import SeparateRewardScorer, SharedRewardScorer, load_separate_reward_model
 from apo_online.rollout import collect_rollout
-from apo_online.training import RoleAdamW, TrainingContext
+from apo_online.run_log import MetricsLog
+from apo_online.training import NonFiniteUpdates, RoleAdamW, TrainingContext
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +56,14 @@ class APOGame:
         self._build_model()
         self._build_data(task)
         self.buffer = SampleBuffer(config.game.buffer_size)
-        self.rm_step = AdversarialRewardStep(self.ctx, config.game, self.prompts, self.pairs, self.tokenizer.pad_token_id,
+        self.rm_step = AdversarialRewardStep(self.ctx, config.game, self.prompts, self.pairs, self.scorer,
                                              seed=config.game.seed + self.accelerator.process_index)
         self.policy_optimizer.setup(self.ctx, self)
-        self.step, self.warmed_up, self.stop_requested = 0, False, False
+        self.step, self.warmed_up = 0, False
+        self.stop_signal: int | None = None  # the signal that asked this run to stop
+        self.last_checkpoint: Path | None = None
+        self._checkpoint_step = -1
+        self.metrics_log = MetricsLog(self.accelerator, config.game.output_dir)
         self.evaluators = []  # callables game -> dict of eval metrics, run every game.eval_every steps
         if config.game.gold_judge:  # the hidden gold judge scores fresh policy samples (apo_online/evaluation.py)
             from apo_online.evaluation import GoldJudgeEvaluator
@@ -68,11 +77,27 @@ class APOGame:
         if mc.gradient_checkpointing:
             backbone.gradient_checkpointing_enable()
         rates = dict(self.policy_optimizer.learning_rates(), reward=self.config.game.rm_learning_rate)
+        self.learning_rates = rates
         groups = {role: {"params": backbone.role_parameters(role), "lr": lr} for role, lr in rates.items()}
+        self.reward_model = None
+        if mc.reward_model_path:  # a separate full RM takes the place of the reward adapter
+            if self.accelerator.distributed_type.name == "DEEPSPEED":
+                raise ConfigError("model.reward_model_path is not supported under DeepSpeed (one engine per "
+                                  "prepared model); use the shared reward adapter")
+            self.reward_model, rm_tokenizer = load_separate_reward_model(mc.reward_model_path, mc.dtype, mc.cache_dir)
+            groups["reward"]["params"] = list(self.reward_model.parameters())
         optimizer = RoleAdamW(groups, weight_decay=0.0)
-        self.model, self.optimizer = self.accelerator.prepare(backbone, optimizer)
+        if self.reward_model is None:
+            self.model, self.optimizer = self.accelerator.prepare(backbone, optimizer)
+        else:
+            self.model, self.reward_model, self.optimizer = self.accelerator.prepare(backbone, self.reward_model,
+                                                                                     optimizer)
         self.ctx = TrainingContext(self.accelerator, self.model, self.optimizer, self.config.game.max_grad_norm,
                                    self.config.game.max_consecutive_skips)
+        if self.reward_model is None:
+            self.scorer = SharedRewardScorer(self.ctx, self.tokenizer.pad_token_id)
+        else:
+            self.scorer = SeparateRewardScorer(self.ctx, self.reward_model, rm_tokenizer, self.tokenizer)
 
     def _build_data(self, task: TaskData | None) -> None:
         dc = self.config.data
@@ -89,43 +114,63 @@ class APOGame:
     # the loop
     # ---------------------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
+        """Play the game to game.total_steps, or until a signal or repeated non-finite updates stop it."""
+        resumed = self._resume()
+        self.metrics_log.start(_flat_hparams(self.config), resumed_step=self.step if resumed else None)
+        previous_handlers = self._install_signal_handlers()
+        try:
+            return self._play()
+        except NonFiniteUpdates as err:
+            # every process reaches this together: the skip decision uses the all-reduced gradient only
+            self.last_checkpoint = save_checkpoint(self, self.step, reason="nonfinite")
+            where = f"step {self.step + 1}" if self.warmed_up else "the RM warm-up"
+            raise NonFiniteUpdates(f"{err} during {where}; stopped with a checkpoint in {self.last_checkpoint}") \
+                from None
+        finally:
+            self._restore_signal_handlers(previous_handlers)
+            self.metrics_log.close()
+
+    def _play(self) -> dict[str, float]:
         g = self.config.game
-        self._resume()
-        self.accelerator.init_trackers("tensorboard", config=_flat_hparams(self.config))
         if not self.warmed_up:  # 0. RM warm-up
-            self._log(self.rm_step.warmup(g.rm_warmup_steps), step=0)
+            self._log(self.rm_step.warmup(g.rm_warmup_steps) | self.data_metrics(), step=0)
             self.warmed_up = True
         metrics: dict[str, float] = {}
-        previous_handlers = self._install_signal_handlers()
         bar = tqdm(total=g.total_steps, initial=self.step, desc="APO game", disable=not self.accelerator.is_main_process)
-        try:
-            while self.step < g.total_steps and not self.stop_requested:
+        with bar:
+            while self.step < g.total_steps and not self._stop_agreed():
                 metrics = self.play_step()
-                # every process must agree to stop, or the next collective would hang
-                self.stop_requested = bool(self.ctx.global_sum(float(self.stop_requested)) > 0)
                 bar.update(1)
                 bar.set_postfix(score=f"{metrics.get('objective/scores', float('nan')):.3f}",
                                 kl=f"{metrics.get('objective/kl', float('nan')):.3f}")
-                if g.save_every and self.step % g.save_every == 0:
-                    save_checkpoint(self, self.step)
-            if self.stop_requested:
-                logger.warning("stop requested by signal: checkpoint at step %d", self.step)
-                save_checkpoint(self, self.step)
-        finally:
-            bar.close()
-            self._restore_signal_handlers(previous_handlers)
-        if not self.stop_requested:
-            save_checkpoint(self, self.step)
+                if g.save_every and self.step % g.save_every == 0 and self.step < g.total_steps:
+                    self._checkpoint("periodic")
+        if self.step >= g.total_steps:  # finished: a signal that came during the last step changes nothing
+            self.stop_signal = None
+            self._checkpoint("final")
             self.save_final()
-        self.accelerator.end_training()
+        else:
+            logger.warning("stopped by signal %d after step %d", self.stop_signal, self.step)
+            if self._checkpoint_step != self.step:  # not already saved by the periodic cadence
+                self._checkpoint("signal")
         return metrics
+
+    def _checkpoint(self, reason: str) -> None:
+        self.last_checkpoint = save_checkpoint(self, self.step, reason, keep_last=self.config.game.keep_last_checkpoints)
+        self._checkpoint_step = self.step
+
+    def _stop_agreed(self) -> bool:
+        """Whether any process was signalled. Every process must agree, or the next collective would hang."""
+        if self.ctx.global_sum(float(self.stop_signal or 0)) > 0:
+            self.stop_signal = self.stop_signal or signal.SIGTERM
+        return self.stop_signal is not None
 
     def play_step(self) -> dict[str, float]:
         g, started = self.config.game, time.perf_counter()
         # 1. rollout
         positions = self.sampler.next_batch()
         rollout = collect_rollout(self.ctx, [self.prompts[i] for i in positions], positions, self.config.rollout,
-                                  self.spec, self.tokenizer)
+                                  self.spec, self.tokenizer, scorer=self.scorer if self.reward_model else None)
         after_rollout = time.perf_counter()
         # 2. policy update
         metrics = self.policy_optimizer.step(rollout)
@@ -142,7 +187,7 @@ class APOGame:
         metrics.update({
             "response/length": rollout.response_mask.sum(1).mean().item(),
             "response/eos_fraction": rollout.has_eos.float().mean().item(),
-            "train/skipped_updates": float(self.ctx.skipped_updates),
+            "train/skipped_updates": float(self.ctx.skipped_updates),  # total since the start of the run
             "timing/rollout_s": after_rollout - started,
             "timing/policy_update_s": after_policy - after_rollout,
             "timing/rm_update_s": after_rm - after_policy,
@@ -164,22 +209,21 @@ class APOGame:
             metrics.update(evaluator(self))
         return metrics
 
+    def data_metrics(self) -> dict[str, float]:
+        """What the data loading kept, cut and dropped (logged at step 0 as data/*)."""
+        return {"data/train_prompts": float(len(self.prompts)), "data/preference_pairs": float(len(self.pairs)),
+                "data/prompts_truncated": float(self.encoder.truncated_prompts),
+                "data/prompts_rejected": float(self.encoder.rejected_prompts),
+                "data/skipped_rows": float(self.task.skipped_rows)}
+
     def _log(self, metrics: dict[str, float], step: int) -> dict[str, float]:
-        """Average each metric over processes, then write it to TensorBoard (main process)."""
-        if self.accelerator.num_processes > 1:
-            everyone = gather_object([metrics])
-            keys = sorted({k for m in everyone for k in m})
-            metrics = {k: sum(m[k] for m in everyone if k in m) / sum(1 for m in everyone if k in m) for k in keys}
-        if metrics:
-            self.accelerator.log(metrics, step=step)
-        return metrics
+        return self.metrics_log.log(metrics, step)
 
     def save_final(self) -> Path:
         """<output_dir>/final: peft adapters, heads, tokenizer and the config, for users and eval scripts."""
         final = Path(self.config.game.output_dir) / "final"
+        export_adapters(self.ctx, final)
         if self.accelerator.is_main_process:
-            backbone = self.accelerator.unwrap_model(self.model)
-            export_adapters(backbone, final)
             self.tokenizer.save_pretrained(str(final / "tokenizer"))
             (final / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         self.accelerator.wait_for_everyone()
@@ -191,8 +235,7 @@ class APOGame:
     def state_dict(self) -> dict:
         return {"step": self.step, "warmed_up": self.warmed_up, "sampler": self.sampler.state_dict(),
                 "buffer": self.buffer.state_dict(), "rm_step": self.rm_step.state_dict(),
-                "policy_optimizer": self.policy_optimizer.state_dict(),
-                "skipped_updates": self.ctx.skipped_updates}
+                "policy_optimizer": self.policy_optimizer.state_dict(), "training": self.ctx.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.warmed_up = state["step"], state["warmed_up"]
@@ -200,18 +243,28 @@ class APOGame:
         self.buffer.load_state_dict(state["buffer"])
         self.rm_step.load_state_dict(state["rm_step"])
         self.policy_optimizer.load_state_dict(state["policy_optimizer"])
-        self.ctx.skipped_updates = state["skipped_updates"]
+        self.ctx.load_state_dict(state["training"])
 
-    def _resume(self) -> None:
+    def _resume(self) -> bool:
         path = resolve_resume_path(self.config.game.resume_from_checkpoint, self.config.game.output_dir)
-        if path is not None:
-            step = load_checkpoint(self, path)
-            logger.info("resumed from %s at step %d", path, step)
+        if path is None:
+            return False
+        step = load_checkpoint(self, path)
+        # The configured learning rates win over the saved ones, so that a resumed run can change them.
+        for group in self.ctx.role_optimizer.param_groups:
+            group["lr"] = self.learning_rates[group["role"]]
+        logger.info("resumed from %s at step %d", path, step)
+        return True
 
     def _install_signal_handlers(self) -> dict:
-        """SIGTERM/SIGINT finish the current step, write a checkpoint and stop (main thread only)."""
+        """SIGTERM/SIGINT: finish the current step, write a checkpoint and stop; a second signal aborts at once.
+        Main thread only (Python's rule); elsewhere signals keep their handlers."""
         def request_stop(signum, frame):
-            self.stop_requested = True
+            if self.stop_signal is not None:
+                raise KeyboardInterrupt(f"second signal {signum}: aborting without a checkpoint")
+            self.stop_signal = signum
+            logger.warning("signal %d: stopping after this step with a checkpoint (send it again to abort now)",
+                           signum)
 
         previous = {}
         try:

@@ -139,7 +139,10 @@ def ensure_distinct_pad_token(tokenizer, model=None) -> None:
     """Pad must differ from the stop token: otherwise masking pads would also mask the EOS the policy must learn
     to emit. Reuse an existing special token when there is one, else add <pad> and grow the embeddings."""
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no eos_token: set one (it is the stop token)")
+        from apo_online.config import ConfigError
+
+        raise ConfigError(f"tokenizer {tokenizer.name_or_path!r} has no eos_token, the stop token of generation: "
+                          f"use a tokenizer that has one (model.tokenizer_name_or_path)")
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
         return
     vocab = tokenizer.get_vocab()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from apo_online import losses
-from apo_online.data import EncodedPrompt, join_prompt_response
+from apo_online.data import EncodedPrompt
 
 
 @dataclass
@@ -60,6 +60,7 @@ class EncodedPair:
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
+    messages: list[dict[str, str]]
 
 
 def encode_pairs(encoder, pairs) -> list[EncodedPair]:
@@ -68,28 +69,22 @@ def encode_pairs(encoder, pairs) -> list[EncodedPair]:
     for pair in pairs:
         prompt = encoder.prompt_ids(pair.messages)
         if prompt is not None:
-            encoded.append(EncodedPair(prompt, encoder.response_ids(pair.chosen), encoder.response_ids(pair.rejected)))
+            encoded.append(EncodedPair(prompt, encoder.response_ids(pair.chosen), encoder.response_ids(pair.rejected),
+                                       pair.messages))
     return encoded
 
 
 class AdversarialRewardStep:
     """Warm-up (Bradley-Terry on human pairs) and the APO refits of the reward role."""
 
-    def __init__(self, ctx, game_config, prompts: list[EncodedPrompt], pairs: list[EncodedPair], pad_id: int,
-                 seed: int):
-        self.ctx, self.cfg = ctx, game_config
-        self.prompts, self.pairs, self.pad_id = prompts, pairs, pad_id
+    def __init__(self, ctx, game_config, prompts: list[EncodedPrompt], pairs: list[EncodedPair], scorer, seed: int):
+        self.ctx, self.cfg, self.scorer = ctx, game_config, scorer  # scorer: apo_online.reward_model
+        self.prompts, self.pairs = prompts, pairs
         self.rng = random.Random(seed)
         self.base_state: dict[str, torch.Tensor] | None = None
         self.updates = 0
 
     # ---------------------------------------------------------------------------------------------------------------
-    def _scores(self, prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
-        """One forward of the reward role over prompt+response sequences -> [B] (with grad)."""
-        input_ids, attention_mask, _ = join_prompt_response(prompts, responses, self.pad_id)
-        device = self.ctx.device
-        return self.ctx.model(input_ids.to(device), attention_mask.to(device), roles=("reward",))["reward"]
-
     def _draw_pairs(self) -> list[EncodedPair]:
         k = min(self.cfg.rm_pairs_per_step, len(self.pairs))
         return self.rng.sample(self.pairs, k) if k else []
@@ -100,15 +95,17 @@ class AdversarialRewardStep:
 
     def loss(self, groups, pairs) -> tuple[torch.Tensor, dict[str, float]]:
         """L_RM on Q (gold, samples) groups and K human pairs, scored in one forward."""
-        prompts, responses = [], []
+        prompts, messages, responses = [], [], []
         for position, samples in groups:
             prompt = self.prompts[position]
             prompts += [prompt.input_ids] * (1 + len(samples))
+            messages += [prompt.messages] * (1 + len(samples))
             responses += [prompt.gold_ids] + samples
         for pair in pairs:
             prompts += [pair.prompt_ids, pair.prompt_ids]
+            messages += [pair.messages, pair.messages]
             responses += [pair.chosen_ids, pair.rejected_ids]
-        scores = self._scores(prompts, responses)
+        scores = self.scorer.score(prompts, messages, responses)  # one forward for every term
         zero = scores.sum() * 0.0  # keeps the graph connected when a term is empty
         metrics: dict[str, float] = {}
         loss_apo = loss_pref = zero
@@ -160,15 +157,12 @@ class AdversarialRewardStep:
         return {k.replace("rm/", "rm_warmup/"): v for k, v in metrics.items()}
 
     def snapshot_base(self) -> None:
-        self.base_state = self.ctx.accelerator.unwrap_model(self.ctx.model).role_state_dict("reward")
+        self.base_state = self.scorer.weights()
 
     def restore_base(self) -> None:
-        backbone = self.ctx.accelerator.unwrap_model(self.ctx.model)
-        params = dict(backbone.named_parameters())
-        with torch.no_grad():
-            for name, value in self.base_state.items():
-                params[name].copy_(value)
-        self.ctx.role_optimizer.reset_role_state("reward")
+        """Back to the base RM: weights (and DeepSpeed's fp32 master copies) and a fresh optimizer state."""
+        self.scorer.load_weights(self.base_state)
+        self.ctx.reset_role_optimizer_state("reward")
 
     def update(self, buffer: SampleBuffer) -> dict[str, float]:
         """One adversarial RM update on the buffer: refit from the base RM or continue, then train."""

@@ -47,8 +47,7 @@ class Rollout:
 
     def response_lists(self) -> list[list[int]]:
         """Each row's response tokens without padding (stop token included when present)."""
-        lengths = self.response_mask.sum(1).long().tolist()
-        return [row[:n] for row, n in zip(self.response_ids.tolist(), lengths)]
+        return truncate_lists(self.response_ids, self.response_mask)
 
     def prompt_lists(self) -> list[list[int]]:
         """Each row's prompt tokens without padding."""
@@ -69,6 +68,11 @@ def truncate_at_stop(responses: torch.Tensor, stop_ids: list[int], pad_id: int):
     return torch.where(mask, responses, torch.full_like(responses, pad_id)), mask.float(), has_stop
 
 
+def truncate_lists(responses: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    """[B, R] padded responses -> their valid tokens per row."""
+    return [row[: int(n)] for row, n in zip(responses.tolist(), mask.sum(1).tolist())]
+
+
 @torch.no_grad()
 def score_sequences(backbone, input_ids, attention_mask, prompt_length: int, roles: tuple[str, ...],
                     temperature: float, batch_size: int) -> dict[str, torch.Tensor]:
@@ -83,12 +87,12 @@ def score_sequences(backbone, input_ids, attention_mask, prompt_length: int, rol
 
 
 def collect_rollout(ctx, prompts: list[EncodedPrompt], positions: list[int], rollout_config, spec: RolloutSpec,
-                    tokenizer, reward_fn=None) -> Rollout:
+                    tokenizer, scorer=None) -> Rollout:
     """Generate spec.samples_per_prompt responses per prompt and compute what the optimizer needs.
 
     positions: each prompt's position in the game's encoded prompt list (kept as Rollout.prompt_index).
-    ctx: TrainingContext (prepared model + accelerator). reward_fn(input_ids, attention_mask) -> [B] replaces the
-    shared "reward" adapter when a separate reward model is used."""
+    ctx: TrainingContext (prepared model + accelerator). scorer: a SeparateRewardScorer (reward_model.py) that
+    replaces the shared "reward" adapter, or None."""
     cfg, n = rollout_config, spec.samples_per_prompt
     pad_id = tokenizer.pad_token_id
     stop_ids = [tokenizer.eos_token_id]
@@ -105,10 +109,16 @@ def collect_rollout(ctx, prompts: list[EncodedPrompt], positions: list[int], rol
         input_ids = torch.cat([sequences[:, :prompt_length], responses], 1)
         attention_mask = torch.cat([prompt_mask.repeat_interleave(n, 0), response_mask.long()], 1)
         roles = ("policy",) + (("reference",) if spec.needs_ref_logprobs else ()) + (
-            ("value",) if spec.needs_values else ()) + (("reward",) if reward_fn is None else ())
+            ("value",) if spec.needs_values else ()) + (("reward",) if scorer is None else ())
         out = score_sequences(backbone, input_ids, attention_mask, prompt_length, roles, cfg.temperature,
                               cfg.forward_batch_size)
-    rm_scores = out["reward"] if reward_fn is None else reward_fn(input_ids, attention_mask)
+    if scorer is None:
+        rm_scores = out["reward"]
+    else:
+        with torch.no_grad():
+            rm_scores = scorer.score([p.input_ids for p in prompts for _ in range(n)],
+                                     [p.messages for p in prompts for _ in range(n)],
+                                     truncate_lists(responses, response_mask))
     scores = rm_scores.clone()
     if cfg.missing_eos_penalty is not None:
         scores = scores - cfg.missing_eos_penalty * (~has_eos).float()

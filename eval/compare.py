@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a file: import this checkout's packages,
 
 from apo_online.calibration import pair_calibration, preference_accuracy  # noqa: E402
 from apo_online.config import ConfigError, load_config  # noqa: E402
-from apo_online.evaluation import reward_scores  # noqa: E402
+from apo_online.evaluation import scorer_scores  # noqa: E402
 from apo_online.optimizers.base import known_optimizer_names  # noqa: E402
 from eval.plots import metric_curves, reliability_diagram  # noqa: E402
 
@@ -70,12 +70,11 @@ def _reset_accelerate() -> None:
 
 
 def human_pair_metrics(game) -> dict[str, float]:
-    """The game's RM on all held-out human eval pairs: accuracy and ECE."""
-    backbone = game.accelerator.unwrap_model(game.model)
-    pad_id = game.tokenizer.pad_token_id
-    prompts = [p.prompt_ids for p in game.eval_pairs]
-    chosen = reward_scores(backbone, prompts, [p.chosen_ids for p in game.eval_pairs], pad_id)
-    rejected = reward_scores(backbone, prompts, [p.rejected_ids for p in game.eval_pairs], pad_id)
+    """The game's RM (shared reward adapter or separate RM) on all held-out human eval pairs: accuracy and ECE."""
+    pairs = game.eval_pairs
+    prompts, messages = [p.prompt_ids for p in pairs], [p.messages for p in pairs]
+    chosen = scorer_scores(game.scorer, prompts, messages, [p.chosen_ids for p in pairs])
+    rejected = scorer_scores(game.scorer, prompts, messages, [p.rejected_ids for p in pairs])
     return {"rm_accuracy_on_human_pairs": preference_accuracy(chosen, rejected),
             "rm_ece_on_human_pairs": pair_calibration(chosen, rejected).ece, "human_pairs": len(chosen)}
 
@@ -96,7 +95,7 @@ def run_variant(config) -> dict:
     step0["metrics"] = {k: v for k, v in step0["metrics"].items() if not k.startswith(("eval/rm_", "eval/judged"))}
     step0["rm_better"], step0["rm_worse"] = [], []
     game.run()
-    if game.stop_requested:  # the game caught SIGINT/SIGTERM and checkpointed: stop the comparison too
+    if game.stop_signal is not None:  # the game caught SIGINT/SIGTERM and checkpointed: stop the comparison too
         raise SystemExit(f"stopped by a signal at step {game.step} of {config.game.output_dir}")
     result = {"history": evaluator.history, "end": human_pair_metrics(game), "wall_s": time.perf_counter() - started,
               "gold_judge": evaluator.judge.info}

@@ -58,7 +58,9 @@ def test_refit_mode_restarts_from_the_base_rm(tiny_config, single_accelerator):
     for name, param in backbone.named_parameters():
         if name in base:
             assert torch.equal(param, base[name]), name
-    assert all(not game.ctx.role_optimizer.state.get(p) for p in backbone.role_parameters("reward"))
+    # a fresh optimizer for the reward role: its Adam moments and step count are zero (zeroed in place)
+    reward_states = [game.ctx.role_optimizer.state.get(p, {}) for p in backbone.role_parameters("reward")]
+    assert any(reward_states) and all(torch.count_nonzero(v) == 0 for s in reward_states for v in s.values())
 
 
 def test_continue_mode_keeps_training(tiny_config, single_accelerator):

@@ -1,0 +1,89 @@
+"""Who scores responses: the shared backbone's "reward" adapter (default) or a separate full reward model.
+
+Both scorers take the same inputs — policy-tokenizer prompt ids, the prompt's chat messages and policy-tokenizer
+response ids — and return one score per row, with gradients (wrap calls in no_grad to score without them):
+  SharedRewardScorer    reward adapter + head of the backbone, on the policy's own token ids
+  SeparateRewardScorer  an AutoModelForSequenceClassification (num_labels=1) with its own tokenizer: the response
+                        is decoded and the conversation re-rendered with the reward model's chat template, since
+                        its tokenizer and format may differ from the policy's
+Each can snapshot and restore its trainable weights (refit-from-base mode of the APO RM step).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from apo_online.data import Messages, join_prompt_response
+from apo_online.model_loading import _DTYPES, ensure_distinct_pad_token, resolve_model_path
+
+
+def _copy_into(params: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+class SharedRewardScorer:
+    """The reward adapter and head of the shared backbone."""
+
+    def __init__(self, ctx, pad_id: int):
+        self.ctx, self.pad_id = ctx, pad_id
+
+    def score(self, prompt_ids: list[list[int]], messages: list[Messages], responses: list[list[int]]) -> torch.Tensor:
+        input_ids, attention_mask, _ = join_prompt_response(prompt_ids, responses, self.pad_id)
+        device = self.ctx.device
+        return self.ctx.model(input_ids.to(device), attention_mask.to(device), roles=("reward",))["reward"]
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.ctx.read_role_weights("reward")  # whole even under ZeRO-3
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self.ctx.write_weights(state)  # DeepSpeed's fp32 master copies too
+
+
+def load_separate_reward_model(path: str, dtype: str = "float32", cache_dir: str | None = None):
+    """(model, tokenizer) of a scalar reward model; its pad token is made distinct from EOS like the policy's."""
+    folder = resolve_model_path(path, cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=_DTYPES[dtype])
+    ensure_distinct_pad_token(tokenizer, model)
+    tokenizer.padding_side = "right"
+    tokenizer.truncation_side = "left"  # keep the response, the part being judged
+    model.config.pad_token_id = tokenizer.pad_token_id  # the classifier pools at the last non-pad token
+    model.eval()  # dropout off, as for every other role
+    return model, tokenizer
+
+
+class SeparateRewardScorer:
+    """A full sequence-classification reward model, trained in full by the APO RM step."""
+
+    def __init__(self, ctx, model, tokenizer, policy_tokenizer, max_length: int = 512):
+        self.ctx, self.model, self.tokenizer = ctx, model, tokenizer
+        self.policy_tokenizer, self.max_length = policy_tokenizer, max_length
+
+    def texts(self, messages: list[Messages], responses: list[list[int]]) -> list[str]:
+        texts = []
+        for conversation, response in zip(messages, responses):
+            reply = self.policy_tokenizer.decode(response, skip_special_tokens=True)
+            turns = list(conversation) + [{"role": "assistant", "content": reply}]
+            if getattr(self.tokenizer, "chat_template", None):
+                texts.append(self.tokenizer.apply_chat_template(turns, tokenize=False))
+            else:
+                texts.append("\n".join(f"{t['role'].capitalize()}: {t['content']}" for t in turns))
+        return texts
+
+    def score(self, prompt_ids: list[list[int]], messages: list[Messages], responses: list[list[int]]) -> torch.Tensor:
+        batch = self.tokenizer(self.texts(messages, responses), padding=True, truncation=True,
+                               max_length=self.max_length, return_tensors="pt", add_special_tokens=False)
+        batch = {k: v.to(self.ctx.device) for k, v in batch.items()}
+        return self.model(**batch).logits[:, 0].float()
+
+    def _params(self) -> dict[str, torch.nn.Parameter]:
+        return dict(self.ctx.accelerator.unwrap_model(self.model).named_parameters())
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone() for name, p in self._params().items() if p.requires_grad}
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        _copy_into(self._params(), state)
