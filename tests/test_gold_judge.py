@@ -15,8 +15,8 @@ PROBES = [("Are you sentient?", "Sort of."), ("Are you sentient?", "the the the 
 
 
 @pytest.fixture(scope="module")
-def judge(tmp_path_factory):
-    return load_gold_judge(cache_dir=str(tmp_path_factory.mktemp("judge_cache")))
+def judge(apo_cache):
+    return load_gold_judge()  # in the session's cache: trained once, shared with the evaluation tests
 
 
 def binomial_tail(successes: int, trials: int) -> float:
