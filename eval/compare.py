@@ -79,8 +79,10 @@ def human_pair_metrics(game) -> dict[str, float]:
             "rm_ece_on_human_pairs": pair_calibration(chosen, rejected).ece, "human_pairs": len(chosen)}
 
 
-def run_variant(config) -> dict:
-    """Play one game with the gold-judge evaluator; evaluate at step 0 too. Returns its history and end metrics."""
+def run_variant(config, step0: dict | None = None) -> dict:
+    """Play one game with the gold-judge evaluator; evaluate at step 0 too, or reuse `step0`, the step-0 evaluation
+    of an earlier variant: at step 0 the policy is the reference (LoRA B = 0) and the eval seed is fixed, so step 0
+    is the same for every variant of one seed and model. Returns its history and end metrics."""
     from apo_online.game import APOGame
 
     if config.game.eval_every < 1:
@@ -89,11 +91,14 @@ def run_variant(config) -> dict:
     started = time.perf_counter()
     game = APOGame(config)
     evaluator = game.evaluators[0]
-    evaluator(game)  # step 0: the policy is still the reference, so every variant starts from the same point
-    # ...but the RM is not warmed up yet (run() does that): its step-0 numbers would describe an untrained head
-    step0 = evaluator.history[0]
-    step0["metrics"] = {k: v for k, v in step0["metrics"].items() if not k.startswith(("eval/rm_", "eval/judged"))}
-    step0["rm_better"], step0["rm_worse"] = [], []
+    if step0 is None:
+        evaluator(game)  # step 0: the policy is still the reference, so every variant starts from the same point
+        # ...but the RM is not warmed up yet (run() does that): its step-0 numbers would describe an untrained head
+        step0 = evaluator.history[0]
+        step0["metrics"] = {k: v for k, v in step0["metrics"].items() if not k.startswith(("eval/rm_", "eval/judged"))}
+        step0["rm_better"], step0["rm_worse"] = [], []
+    else:
+        evaluator.history.append(step0)
     game.run()
     if game.stop_signal is not None:  # the game caught SIGINT/SIGTERM and checkpointed: stop the comparison too
         raise SystemExit(f"stopped by a signal at step {game.step} of {config.game.output_dir}")
@@ -159,18 +164,18 @@ def main(argv: list[str] | None = None) -> dict:
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    summaries, skipped, judge_info, total_steps = {}, {}, None, 0
+    summaries, skipped, judge_info, total_steps, step0 = {}, {}, None, 0, None
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
         try:
             config = variant_config(name, overrides, output_dir)
             print(f"=== {name}: {config.game.total_steps} steps, seed {config.game.seed}", flush=True)
-            run = run_variant(config)
+            run = run_variant(config, step0)
         except ConfigError as err:
             print(f"skipping variant {name}: {err}", flush=True)
             skipped[name] = str(err)
             continue
         summaries[name] = summarise(name, run, output_dir) | {"config": config.to_dict()}
-        judge_info, total_steps = run["gold_judge"], config.game.total_steps
+        judge_info, total_steps, step0 = run["gold_judge"], config.game.total_steps, run["history"][0]
     if not summaries:
         raise SystemExit("no variant ran")
     metric_curves({n: s["curves"] for n, s in summaries.items()}, CURVES, output_dir / "curves.png",
