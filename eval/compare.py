@@ -13,6 +13,8 @@ on held-out prompts at step 0 (policy = reference) and every game.eval_every ste
   samples ranked by the gold judge (does the RM keep up with the policy?), pooled over all evaluations after step 0,
   RM accuracy and ECE on the held-out human eval pairs at the end, KL to the reference, response length.
 Writes <output_dir>/summary.json, curves.png and reliability_<variant>.png; each variant's run is in <output_dir>/<variant>.
+Variants run one after another; to use more cores, run one variant per process and combine them:
+    python eval/compare.py --merge runs/cmp_frozen runs/cmp_apo --output_dir runs/compare
 """
 
 from __future__ import annotations
@@ -157,13 +159,43 @@ def format_table(summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def merge_summaries(folders: list[str], output_dir: Path) -> dict:
+    """Side by side from variants run by separate compare.py processes (e.g. in parallel on different cores): their
+    summary.json files combined into <output_dir>/summary.json and curves.png. The runs must share seed and budget."""
+    variants, skipped, judge_info, sources = {}, {}, None, []
+    for folder in folders:
+        part = json.loads((Path(folder) / "summary.json").read_text())
+        clash = set(part["variants"]) & set(variants)
+        if clash:
+            raise SystemExit(f"{folder}: variant(s) {sorted(clash)} already merged")
+        variants |= part["variants"]
+        skipped |= part["skipped"]
+        judge_info = judge_info or part["gold_judge"]
+        sources.append({"folder": str(folder), "command": part["command"]})
+    budgets = {(v["config"]["game"]["seed"], v["config"]["game"]["total_steps"]) for v in variants.values()}
+    if len(budgets) != 1:
+        raise SystemExit(f"the runs differ in (seed, total_steps): {sorted(budgets)}")
+    (seed, total_steps), = budgets
+    metric_curves({n: s["curves"] for n, s in variants.items()}, CURVES, output_dir / "curves.png",
+                  title=f"{', '.join(variants)}: seed {seed}, {total_steps} steps")
+    summary = {"variants": variants, "skipped": skipped, "gold_judge": judge_info, "merged_from": sources}
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(format_table(variants))
+    print(f"wrote {output_dir / 'summary.json'} and {output_dir / 'curves.png'}")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated (default {DEFAULT_VARIANTS})")
     parser.add_argument("--output_dir", default="runs/compare")
+    parser.add_argument("--merge", nargs="+", metavar="DIR", help="only combine the summary.json of earlier compare "
+                        "runs (one variant each, same seed and budget) into --output_dir")
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        return merge_summaries(args.merge, output_dir)
     summaries, skipped, judge_info, total_steps, step0 = {}, {}, None, 0, None
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
         try:

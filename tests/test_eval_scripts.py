@@ -97,3 +97,21 @@ def test_gold_judge_evaluations_do_not_change_training(compared, tmp_path):
     assert sorted(plain) == sorted(evaluated) == [0, 1, 2]
     for step in plain:
         assert plain[step] == pytest.approx(evaluated[step], rel=1e-6), f"step {step}"
+
+
+def test_compare_merges_variants_run_in_separate_processes(compared, tmp_path):
+    from eval import compare
+
+    output, summary = compared
+    for name in COMPARE_VARIANTS:  # as if each variant had been run by its own compare.py
+        part = dict(summary, variants={name: summary["variants"][name]}, skipped={})
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(part))
+    merged = compare.main(["--merge"] + [str(tmp_path / n) for n in COMPARE_VARIANTS]
+                          + ["--output_dir", str(tmp_path / "merged")])
+    assert list(merged["variants"]) == COMPARE_VARIANTS
+    assert merged["variants"]["apo_ppo"]["gold_score_final"] == summary["variants"]["apo_ppo"]["gold_score_final"]
+    assert (tmp_path / "merged" / "curves.png").is_file()
+    with pytest.raises(SystemExit, match="already merged"):
+        compare.main(["--merge", str(tmp_path / "apo_ppo"), str(tmp_path / "apo_ppo"),
+                      "--output_dir", str(tmp_path / "twice")])
