@@ -105,6 +105,10 @@ class GameConfig:
     save_every: int = 0  # 0: save only at the end
     keep_last_checkpoints: int = 0  # >0: delete all but the newest K step checkpoints after each save; 0 keeps all
     eval_every: int = 0  # 0: no periodic eval
+    # Every eval_every steps the hidden gold judge (apo_online/gold_judge.py) scores fresh policy samples on
+    # data.num_eval_prompts held-out prompts, and the RM is checked against it (eval/gold_*, eval/rm_*_on_policy).
+    gold_judge: bool = False
+    eval_samples_per_prompt: int = 2  # >= 2 gives pairs of policy samples to check the RM's rankings on
 
 
 @dataclass
@@ -148,6 +152,9 @@ class Config:
         need(g.rm_mode in ("refit", "continue"), f"game.rm_mode must be 'refit' or 'continue', got {g.rm_mode!r}")
         need(g.beta2 >= 0, f"game.beta2 must be >= 0, got {g.beta2}")
         need(g.rm_micro_batches >= 1, f"game.rm_micro_batches must be >= 1, got {g.rm_micro_batches}")
+        need(g.eval_samples_per_prompt >= 1,
+             f"game.eval_samples_per_prompt must be >= 1, got {g.eval_samples_per_prompt}")
+        need(d.num_eval_prompts >= 1, f"data.num_eval_prompts must be >= 1, got {d.num_eval_prompts}")
         need(g.max_grad_norm > 0, f"game.max_grad_norm must be > 0, got {g.max_grad_norm}")
         need(g.max_consecutive_skips >= 1, f"game.max_consecutive_skips must be >= 1, got {g.max_consecutive_skips}")
         need(g.save_every >= 0 and g.keep_last_checkpoints >= 0,

@@ -67,6 +67,9 @@ class APOGame:
         self._checkpoint_step = -1
         self.metrics_log = MetricsLog(self.accelerator, config.game.output_dir)
         self.evaluators = []  # callables game -> dict of eval metrics, run every game.eval_every steps
+        if config.game.gold_judge:  # the hidden gold judge scores fresh policy samples (apo_online/evaluation.py)
+            from apo_online.evaluation import GoldJudgeEvaluator
+            self.evaluators.append(GoldJudgeEvaluator(self))
         set_seed(config.game.seed + self.accelerator.process_index)  # different samples on every process
 
     def _build_model(self) -> None:
