@@ -161,13 +161,23 @@ class AdversarialRewardStep:
         return total, metrics
 
     def _micro_batches(self, groups: list, pairs: list) -> list[tuple[list, list, float, float]]:
-        """game.rm_micro_batches contiguous slices of the step's groups and pairs, each with its shares; empty
-        slices are left out (the last one run synchronises gradients across processes)."""
+        """game.rm_micro_batches contiguous slices of the step's groups and pairs, each with its shares.
+
+        Always that many, on every process (under DeepSpeed ZeRO-3 each backward is a collective, and the number of
+        buffered groups differs between processes): an empty slice re-scores one item with zero weight."""
         parts = self.cfg.rm_micro_batches
+        if parts == 1 or not (groups or pairs):
+            return [(groups, pairs, 1.0, 1.0)]
         cut = lambda items, k: items[k * len(items) // parts: (k + 1) * len(items) // parts]
-        slices = [(cut(groups, k), cut(pairs, k)) for k in range(parts)]
-        slices = [(g, p) for g, p in slices if g or p] or [(groups, pairs)]
-        return [(g, p, len(g) / max(len(groups), 1), len(p) / max(len(pairs), 1)) for g, p in slices]
+        slices = []
+        for k in range(parts):
+            group_slice, pair_slice = cut(groups, k), cut(pairs, k)
+            if group_slice or pair_slice:
+                slices.append((group_slice, pair_slice, len(group_slice) / max(len(groups), 1),
+                               len(pair_slice) / max(len(pairs), 1)))
+            else:
+                slices.append((groups[:1], pairs[:1], 0.0, 0.0))
+        return slices
 
     def _train(self, steps: int, buffer: SampleBuffer | None) -> dict[str, float]:
         totals: dict[str, float] = {}

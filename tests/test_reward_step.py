@@ -104,3 +104,12 @@ def test_micro_batched_rm_step_equals_one_batch(tiny_config, single_accelerator)
             # normalisation turns into steps of size ~lr either way
             continue
         assert torch.allclose(value, sliced_weights[name], atol=1e-6), name
+
+
+def test_rm_micro_batches_are_as_many_on_every_process_even_when_slices_are_empty(tiny_config, single_accelerator):
+    game = game_with_buffer(tiny_config, single_accelerator(), **{"game.rm_micro_batches": 3})
+    groups = sorted(game.buffer.groups().items())[:1]
+    slices = game.rm_step._micro_batches(groups, game.pairs[:1])
+    assert len(slices) == 3
+    assert sum(s[2] for s in slices) == 1.0 and sum(s[3] for s in slices) == 1.0  # each item counted once
+    assert [(len(g), len(p), a, b) for g, p, a, b in slices][0] == (1, 1, 0.0, 0.0)  # the empty slice, zero-weighted
