@@ -56,8 +56,14 @@ def variant_overrides(name: str, output_dir: Path) -> list[str]:
     return overrides + (["--game.rm_update_every", "0"] if mode == "frozen" else [])
 
 
+def variant_recipe(name: str) -> Path:
+    """The optimizer's own recipe config (e.g. DPO and RJS need several samples per prompt), else apo_ppo.yaml."""
+    own = RECIPE_YAML.parent / f"apo_{name.partition('_')[2]}.yaml"
+    return own if own.is_file() else RECIPE_YAML
+
+
 def variant_config(name: str, overrides: list[str], output_dir: Path):
-    config = load_config(overrides + variant_overrides(name, output_dir), default_yaml=RECIPE_YAML)
+    config = load_config(overrides + variant_overrides(name, output_dir), default_yaml=variant_recipe(name))
     if name.startswith("apo_") and config.game.rm_update_every < 1:
         raise ConfigError(f"variant {name} needs game.rm_update_every >= 1 (0 freezes the RM)")
     return config
