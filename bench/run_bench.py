@@ -49,7 +49,8 @@ def ensure_trl_venv(venv: Path = TRL_VENV) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     constraints = str(BENCH / "trl_constraints.txt")
     pip = [str(python), "-m", "pip", "install", "--quiet", "-c", constraints]
-    subprocess.run(pip + ["--index-url", "https://download.pytorch.org/whl/cpu", "torch==2.13.0"], check=True)
+    # plain torch==2.13.0: pip takes the local CPU wheel (another index would pull CUDA builds or be unreachable)
+    subprocess.run(pip + ["torch==2.13.0"], check=True)
     subprocess.run(pip + ["trl==1.12.0", "transformers", "accelerate", "datasets", "peft"], check=True)
     subprocess.run(check, check=True, env=env)
     return python
