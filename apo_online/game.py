@@ -135,7 +135,8 @@ class APOGame:
     def _play(self) -> dict[str, float]:
         g = self.config.game
         if not self.warmed_up:  # 0. RM warm-up
-            self._log(self.rm_step.warmup(g.rm_warmup_steps) | self.data_metrics(), step=0)
+            warmup = self.rm_step.warmup(g.rm_warmup_steps, show_progress=self.accelerator.is_main_process)
+            self._log(warmup | self.data_metrics(), step=0)
             self.warmed_up = True
         metrics: dict[str, float] = {}
         bar = tqdm(total=g.total_steps, initial=self.step, desc="APO game", disable=not self.accelerator.is_main_process)

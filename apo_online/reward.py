@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from apo_online import losses
 from apo_online.data import EncodedPrompt
@@ -179,10 +180,11 @@ class AdversarialRewardStep:
                 slices.append((groups[:1], pairs[:1], 0.0, 0.0))
         return slices
 
-    def _train(self, steps: int, buffer: SampleBuffer | None) -> dict[str, float]:
+    def _train(self, steps: int, buffer: SampleBuffer | None, progress: str | None = None) -> dict[str, float]:
+        """steps RM optimizer steps; progress: a bar's description (long runs such as the warm-up), None for none."""
         totals: dict[str, float] = {}
         with self.ctx.phase(("reward",)):
-            for _ in range(steps):
+            for _ in tqdm(range(steps), desc=progress, disable=progress is None, leave=False):
                 groups = self._draw_groups(buffer) if buffer is not None else []
                 micro_batches = self._micro_batches(groups, self._draw_pairs())
                 metrics: dict[str, float] = {}
@@ -198,9 +200,9 @@ class AdversarialRewardStep:
         return totals
 
     # ---------------------------------------------------------------------------------------------------------------
-    def warmup(self, steps: int) -> dict[str, float]:
+    def warmup(self, steps: int, show_progress: bool = False) -> dict[str, float]:
         """Bradley-Terry training on human pairs before the game; its result is the base RM of refit mode."""
-        metrics = self._train(steps, None) if steps and self.pairs else {}
+        metrics = self._train(steps, None, "RM warm-up" if show_progress else None) if steps and self.pairs else {}
         self.snapshot_base()
         return {k.replace("rm/", "rm_warmup/"): v for k, v in metrics.items()}
 
