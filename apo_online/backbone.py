@@ -222,6 +222,7 @@ class SharedBackbone(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **generation_kwargs) -> torch.Tensor:
-        """Sample continuations with the policy adapter. Returns [B * num_return_sequences, P + new tokens]."""
+        """Sample continuations with the policy adapter. Returns [B * num_return_sequences, P + new tokens], or
+        transformers' generate output (sequences, logits, ...) when generation_kwargs ask for a dict."""
         with self.role("policy"):
             return self.peft_model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)

@@ -11,6 +11,7 @@ import torch
 from trl.models.utils import unwrap_model_for_generation
 
 from apo_online.data import EncodedPrompt, left_pad
+from apo_online.losses import sampled_token_logprobs
 
 
 @dataclass
@@ -99,19 +100,22 @@ def collect_rollout(ctx, prompts: list[EncodedPrompt], positions: list[int], rol
     prompt_ids, prompt_mask = left_pad([p.input_ids for p in prompts], pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(ctx.device), prompt_mask.to(ctx.device)
     with unwrap_model_for_generation(ctx.model, ctx.accelerator) as backbone:
-        sequences = backbone.generate(
+        generated = backbone.generate(
             prompt_ids, prompt_mask, do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k or None,
             top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, num_return_sequences=n, pad_token_id=pad_id,
-            eos_token_id=stop_ids,
+            eos_token_id=stop_ids, return_dict_in_generate=True, output_logits=cfg.logprobs_from_generation,
         )
-        prompt_length = prompt_ids.shape[1]
+        sequences, prompt_length = generated.sequences, prompt_ids.shape[1]
         responses, response_mask, has_eos = truncate_at_stop(sequences[:, prompt_length:], stop_ids, pad_id)
         input_ids = torch.cat([sequences[:, :prompt_length], responses], 1)
         attention_mask = torch.cat([prompt_mask.repeat_interleave(n, 0), response_mask.long()], 1)
-        roles = ("policy",) + (("reference",) if spec.needs_ref_logprobs else ()) + (
+        roles = (() if cfg.logprobs_from_generation else ("policy",)) + (
+            ("reference",) if spec.needs_ref_logprobs else ()) + (
             ("value",) if spec.needs_values else ()) + (("reward",) if scorer is None else ())
         out = score_sequences(backbone, input_ids, attention_mask, prompt_length, roles, cfg.temperature,
                               cfg.forward_batch_size)
+        if cfg.logprobs_from_generation:  # raw logits of every generation step: [B, R, V]
+            out["policy"] = sampled_token_logprobs(torch.stack(generated.logits, 1), responses, cfg.temperature)
     if scorer is None:
         rm_scores = out["reward"]
     else:

@@ -46,6 +46,7 @@ def overrides(size: str, variant: str, output_dir: str, args) -> list[str]:
         "ppo.num_minibatches": args.num_minibatches,
         "ppo.gradient_accumulation_steps": 1,
         "model.gradient_checkpointing": args.gradient_checkpointing,  # exported: the TRL side follows
+        "rollout.logprobs_from_generation": args.logprobs_from_generation,  # what TRL always does
     }
     if variant == "apo_ppo_frozen_rm":  # RM never updated: the same work as TRL's PPO with a fixed RM
         values.update({"game.rm_update_every": 0, "game.rm_warmup_steps": 0})
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rm-warmup-steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--logprobs-from-generation", action="store_true",
+                        help="rollout.logprobs_from_generation: sampling log-probs from generate's logits")
     parser.add_argument("--export", type=Path, help="write prompts + settings for trl_worker.py and exit")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="apo_bench_") as output_dir:

@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--updates", type=int, default=3)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads per worker")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on both sides (default off on both)")
+    parser.add_argument("--logprobs-from-generation", action="store_true",
+                        help="apo-online takes sampling log-probs from generate's logits (TRL always does)")
     parser.add_argument("--apo-python", default=sys.executable, help="interpreter of the library venv")
     parser.add_argument("--output", type=Path, default=BENCH / "results.json")
     args = parser.parse_args(argv)
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                     command = [str(trl_python), "bench/trl_worker.py", "--assets", str(assets)] + common
                 else:
                     command = ([args.apo_python, "bench/apo_worker.py", "--size", size, "--variant", variant] + common
-                               + apo_flags)
+                               + apo_flags + (["--logprobs-from-generation"] if args.logprobs_from_generation else []))
                 result = run_worker(command, ASSETS / "logs" / f"{size}_{variant}_{repeat}.log")
                 print(f"{size} {variant} run {repeat}: median step {statistics.median(result['step_times']):.3f}s "
                       f"peak RSS {result['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
