@@ -88,3 +88,19 @@ def python_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def make_game(tiny_config, accelerator, **extra):
+    """An APOGame on the tiny model with config overrides `extra` (dotted keys)."""
+    from apo_online.game import APOGame
+
+    return APOGame(tiny_config(**extra), accelerator=accelerator)
+
+
+def fresh_rollout(game):
+    """One rollout of the game's next prompt batch, as play_step collects it."""
+    from apo_online.rollout import collect_rollout
+
+    positions = game.sampler.next_batch()
+    return collect_rollout(game.ctx, [game.prompts[i] for i in positions], positions, game.config.rollout, game.spec,
+                           game.tokenizer)

@@ -10,21 +10,9 @@ import torch
 from apo_online import losses
 from apo_online.config import ConfigError
 from apo_online.optimizers.base import _REGISTRY
-from apo_online.rollout import collect_rollout
 
-from conftest import REPO
+from conftest import REPO, fresh_rollout, make_game
 
-
-def make_game(tiny_config, accelerator, **extra):
-    from apo_online.game import APOGame
-
-    return APOGame(tiny_config(**extra), accelerator=accelerator)
-
-
-def fresh_rollout(game):
-    positions = game.sampler.next_batch()
-    return collect_rollout(game.ctx, [game.prompts[i] for i in positions], positions, game.config.rollout, game.spec,
-                           game.tokenizer)
 
 
 def role_weights(game):

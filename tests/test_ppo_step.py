@@ -5,19 +5,8 @@ import copy
 import torch
 
 from apo_online import losses
-from apo_online.rollout import collect_rollout
 
-
-def make_game(tiny_config, accelerator, **extra):
-    from apo_online.game import APOGame
-
-    return APOGame(tiny_config(**extra), accelerator=accelerator)
-
-
-def fresh_rollout(game):
-    positions = game.sampler.next_batch()
-    return collect_rollout(game.ctx, [game.prompts[i] for i in positions], positions, game.config.rollout, game.spec,
-                           game.tokenizer)
+from conftest import fresh_rollout, make_game
 
 
 def ppo_objective(game, rollout, batch):
