@@ -15,6 +15,7 @@ on held-out prompts at step 0 (policy = reference) and every game.eval_every ste
 Writes <output_dir>/summary.json, curves.png and reliability_<variant>.png; each variant's run is in <output_dir>/<variant>.
 Variants run one after another; to use more cores, run one variant per process and combine them:
     python eval/compare.py --merge runs/cmp_frozen runs/cmp_apo --output_dir runs/compare
+(with --game.cpu_threads = cores / processes on each, or the processes oversubscribe the CPU).
 """
 
 from __future__ import annotations
