@@ -109,15 +109,6 @@ def apo_total_rm_loss(
 # ----------------------------------------------------------------------------------------------------------------
 # KL, rewards, advantages
 # ----------------------------------------------------------------------------------------------------------------
-def sampled_token_logprobs(step_logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) of the sampled tokens from the raw logits generation produced at each step.
-
-    log pi(y_t) = log_softmax(z_t / T)[y_t]  (the policy's temperature-scaled distribution, as sampled from).
-    step_logits [B, R, V] (raw, before any logits processor), tokens [B, R] -> [B, R]."""
-    scaled = step_logits.float() / temperature
-    return scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
-
-
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
     """Per-token estimate of KL[pi || pi_ref] from samples y_t ~ pi (Schulman's estimators).
 

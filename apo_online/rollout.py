@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import torch
 from trl.models.utils import unwrap_model_for_generation
+from trl.trainer.utils import selective_log_softmax
 
 from apo_online.data import EncodedPrompt, left_pad
-from apo_online.losses import sampled_token_logprobs
 
 
 @dataclass
@@ -109,13 +109,14 @@ def collect_rollout(ctx, prompts: list[EncodedPrompt], positions: list[int], rol
         responses, response_mask, has_eos = truncate_at_stop(sequences[:, prompt_length:], stop_ids, pad_id)
         input_ids = torch.cat([sequences[:, :prompt_length], responses], 1)
         attention_mask = torch.cat([prompt_mask.repeat_interleave(n, 0), response_mask.long()], 1)
-        roles = (() if cfg.logprobs_from_generation else ("policy",)) + (
-            ("reference",) if spec.needs_ref_logprobs else ()) + (
-            ("value",) if spec.needs_values else ()) + (("reward",) if scorer is None else ())
+        wanted = {"policy": not cfg.logprobs_from_generation, "reference": spec.needs_ref_logprobs,
+                  "value": spec.needs_values, "reward": scorer is None}
+        roles = tuple(role for role, needed in wanted.items() if needed)
         out = score_sequences(backbone, input_ids, attention_mask, prompt_length, roles, cfg.temperature,
                               cfg.forward_batch_size)
-        if cfg.logprobs_from_generation:  # raw logits of every generation step: [B, R, V]
-            out["policy"] = sampled_token_logprobs(torch.stack(generated.logits, 1), responses, cfg.temperature)
+        if cfg.logprobs_from_generation:  # raw logits of every generation step [B, R, V]; same helper as the forward
+            step_logits = torch.stack(generated.logits, 1).float()
+            out["policy"] = selective_log_softmax(step_logits, responses, temperature=cfg.temperature)
     if scorer is None:
         rm_scores = out["reward"]
     else:

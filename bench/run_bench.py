@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     trl_python = ensure_trl_venv() if "trl_ppo" in args.variants else None
     common = ["--warmup", str(args.warmup), "--updates", str(args.updates), "--threads", str(args.threads)]
-    apo_flags = ["--gradient-checkpointing"] if args.gradient_checkpointing else []
+    apo_flags = (["--gradient-checkpointing"] if args.gradient_checkpointing else []) + (
+        ["--logprobs-from-generation"] if args.logprobs_from_generation else [])
     load_before = os.getloadavg()
     results: dict = {"settings": vars(args) | {"output": str(args.output)},
                      "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                     command = [str(trl_python), "bench/trl_worker.py", "--assets", str(assets)] + common
                 else:
                     command = ([args.apo_python, "bench/apo_worker.py", "--size", size, "--variant", variant] + common
-                               + apo_flags + (["--logprobs-from-generation"] if args.logprobs_from_generation else []))
+                               + apo_flags)
                 result = run_worker(command, ASSETS / "logs" / f"{size}_{variant}_{repeat}.log")
                 print(f"{size} {variant} run {repeat}: median step {statistics.median(result['step_times']):.3f}s "
                       f"peak RSS {result['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)

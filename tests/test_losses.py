@@ -139,11 +139,12 @@ def test_sft_and_sequence_logprob():
     close(losses.sequence_logprob(logp, mask)[0], -3.0)
 
 
-def test_sampled_token_logprobs_by_hand():
-    from apo_online.losses import sampled_token_logprobs
+def test_temperature_scaled_token_logprobs_by_hand():
+    """trl's selective_log_softmax, which the backbone and the from-generation rollout path use, scales by 1/T."""
+    from trl.trainer.utils import selective_log_softmax
 
     logits = torch.tensor([[[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]]])  # [B=1, R=2, V=3]
     tokens = torch.tensor([[1, 2]])
     # T = 2: z/T = [0.5, 1, 0] -> log softmax of token 1 = 1 - log(e^0.5 + e^1 + 1); uniform row -> -log 3
     expected = torch.tensor([[1.0 - math.log(math.exp(0.5) + math.exp(1.0) + 1.0), -math.log(3.0)]])
-    assert torch.allclose(sampled_token_logprobs(logits, tokens, temperature=2.0), expected, atol=1e-6)
+    assert torch.allclose(selective_log_softmax(logits, tokens, temperature=2.0), expected, atol=1e-6)

@@ -4,6 +4,8 @@ import torch
 
 from apo_online.rollout import collect_rollout, truncate_at_stop
 
+from conftest import fresh_rollout, make_game
+
 
 def test_truncate_at_first_stop_token():
     responses = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 9, 9, 9]])
@@ -49,10 +51,9 @@ def test_rollout_fields_are_consistent(tiny_config, single_accelerator):
 def test_logprobs_from_generation_match_a_full_forward_and_skip_the_policy_forward(tiny_config, single_accelerator,
                                                                                     monkeypatch):
     from apo_online.backbone import SharedBackbone
-    from apo_online.game import APOGame
 
-    config = tiny_config(**{"rollout.max_new_tokens": 8, "rollout.logprobs_from_generation": True})
-    game = APOGame(config, accelerator=single_accelerator())
+    game = make_game(tiny_config, single_accelerator(),
+                     **{"rollout.max_new_tokens": 8, "rollout.logprobs_from_generation": True})
     for name, param in game.model.named_parameters():  # a policy adapter that differs from the reference
         if "lora_B" in name and ".policy." in name:
             torch.nn.init.normal_(param, std=0.05)
@@ -60,12 +61,10 @@ def test_logprobs_from_generation_match_a_full_forward_and_skip_the_policy_forwa
     original_forward = SharedBackbone.forward
     monkeypatch.setattr(SharedBackbone, "forward",
                         lambda self, *a, **kw: scored_roles.append(kw["roles"]) or original_forward(self, *a, **kw))
-    positions = game.sampler.next_batch()
-    rollout = collect_rollout(game.ctx, [game.prompts[i] for i in positions], positions, config.rollout, game.spec,
-                              game.tokenizer)
+    rollout = fresh_rollout(game)
     assert scored_roles and all("policy" not in roles for roles in scored_roles)
     with torch.no_grad():
         full = original_forward(game.model, rollout.input_ids, rollout.attention_mask, roles=("policy",),
-                                response_start=rollout.prompt_length, temperature=config.rollout.temperature)
+                                response_start=rollout.prompt_length, temperature=game.config.rollout.temperature)
     assert torch.allclose(rollout.logprobs, full["policy"] * rollout.response_mask, atol=1e-4)
     assert (rollout.logprobs[rollout.response_mask == 1] < 0).all()
