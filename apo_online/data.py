@@ -11,6 +11,7 @@ tokens followed by the stop token (EOS), so gold responses look exactly like fin
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -48,7 +49,30 @@ class TaskData:
     eval_preference_pairs: list[PreferencePair] = field(default_factory=list)
     # Held out from everything the trained RM sees; only the hidden gold judge may use them (embedded task).
     judge_pairs: list[PreferencePair] = field(default_factory=list)
-    skipped_rows: int = 0
+    skipped: list = field(default_factory=list)  # DataFormatError of each row skipped with data.skip_bad_rows
+
+    @property
+    def skipped_rows(self) -> int:
+        return len(self.skipped)
+
+    def skipped_summary(self) -> str:
+        """'3 rows skipped (data.skip_bad_rows): 2 x field 'sample_3': ... (first: f.jsonl, row 2); 1 x ...'."""
+        if not self.skipped:
+            return "no rows skipped"
+        reasons = Counter(f"field {err.field!r}: {err.problem}" if err.field else err.problem for err in self.skipped)
+        first: dict[str, str] = {}
+        for err in self.skipped:
+            reason = f"field {err.field!r}: {err.problem}" if err.field else err.problem
+            first.setdefault(reason, err.source if err.row is None else f"{err.source}, row {err.row}")
+        parts = [f"{count} x {reason} (first: {first[reason]})" for reason, count in reasons.most_common()]
+        rows = f"{len(self.skipped)} row" + ("s" if len(self.skipped) > 1 else "")
+        return f"{rows} skipped (data.skip_bad_rows): " + "; ".join(parts)
+
+    def empty_responses(self) -> int:
+        """Empty responses loaded (they train as the stop token alone): offline samples and preference pairs."""
+        texts = [s for p in self.train_prompts for s in p.samples]
+        texts += [t for pair in self.preference_pairs + self.eval_preference_pairs for t in (pair.chosen, pair.rejected)]
+        return sum(1 for t in texts if not t.strip())
 
 
 @dataclass
@@ -111,7 +135,9 @@ class PromptEncoder:
             logger.warning("prompts longer than %d tokens: %d truncated, %d rejected", self.max_prompt_tokens,
                            self.truncated_prompts, self.rejected_prompts)
         if not encoded:
-            raise ConfigError("no usable prompts: every prompt was rejected as too long (data.max_prompt_tokens)")
+            raise ConfigError(f"no usable prompts: all {len(prompts)} prompts are longer than data.max_prompt_tokens="
+                              f"{self.max_prompt_tokens} tokens (data.prompt_overflow: reject)" if prompts else
+                              "no usable prompts: the data holds none")
         return encoded
 
 

@@ -3,7 +3,8 @@
 Rows come from local .json (a list), .jsonl or .parquet files, or from a hub dataset via `datasets` (data_rows.py).
 Each row is converted by a format converter into canonical records (data.py). A malformed row raises
 `DataFormatError` naming the file, the row (1-based) and the field; with `data.skip_bad_rows` it is skipped and
-counted instead (TaskData.skipped_rows, logged).
+counted instead (TaskData.skipped keeps each error, logged; a task left without prompts says how many rows were
+skipped and why).
 
 Formats (data.format; "auto" detects it from the fields of the first row):
   prompts          {"prompt": str | messages, "gold"|"golden"|"response": str (optional), "id"|"query_id": (optional)}
@@ -102,31 +103,33 @@ def detect_format(row: Row) -> str:
     raise row.error(None, f"cannot tell the format from the fields {sorted(keys)}; set data.format")
 
 
-def _skip_or_raise(err: DataFormatError, skip_bad_rows: bool) -> None:
+def _skip_or_raise(err: DataFormatError, skip_bad_rows: bool) -> DataFormatError:
+    """Raise err, or with skip_bad_rows log it and return it (the caller keeps it in its list of skipped rows)."""
     if not skip_bad_rows:
         raise err
     logger.warning("skipped bad row: %s", err)
+    return err
 
 
-def convert_rows_with_origin(rows: list[Row], fmt: str, skip_bad_rows: bool) -> tuple[list[tuple[Row, object]], int]:
-    """Like convert_rows, keeping each record's row: ([(row, record)], skipped)."""
+def convert_rows_with_origin(rows: list[Row], fmt: str,
+                             skip_bad_rows: bool) -> tuple[list[tuple[Row, object]], list[DataFormatError]]:
+    """Like convert_rows, keeping each record's row: ([(row, record)], [error of each skipped row])."""
     fmt = detect_format(rows[0]) if fmt == "auto" else fmt
     if fmt not in CONVERTERS:
         raise ValueError(f"unknown data format {fmt!r}: expected auto or one of {sorted(CONVERTERS)}")
-    converted, skipped = [], 0
+    converted, skipped = [], []
     for row in rows:
         try:
             converted.extend((row, record) for record in CONVERTERS[fmt](row))
         except DataFormatError as err:
-            _skip_or_raise(err, skip_bad_rows)
-            skipped += 1
+            skipped.append(_skip_or_raise(err, skip_bad_rows))
     return converted, skipped
 
 
 def convert_rows(rows: list[Row], fmt: str, skip_bad_rows: bool) -> tuple[list, int]:
-    """Convert every row with format `fmt` ("auto": detect from the first row). Returns (records, skipped)."""
+    """Convert every row with format `fmt` ("auto": detect from the first row). Returns (records, rows skipped)."""
     converted, skipped = convert_rows_with_origin(rows, fmt, skip_bad_rows)
-    return [record for _, record in converted], skipped
+    return [record for _, record in converted], len(skipped)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -143,16 +146,15 @@ def _prompts_from_pairs(pairs: list[tuple[Row, PreferencePair]]) -> list[tuple[R
 
 
 def unique_prompts(prompts: list[PromptExample], prompt_rows: list[Row | None], skip_bad_rows: bool,
-                   why: str = "") -> tuple[list[PromptExample], int]:
+                   why: str = "") -> tuple[list[PromptExample], list[DataFormatError]]:
     """The prompts without those whose id an earlier prompt already had: an error naming the later row, or with
-    skip_bad_rows a skipped (counted) row. Returns (prompts, skipped)."""
-    skipped, first_row, kept = 0, {}, []
+    skip_bad_rows a skipped row. Returns (prompts, [error of each skipped row])."""
+    skipped, first_row, kept = [], {}, []
     for prompt, row in zip(prompts, prompt_rows):
         if prompt.prompt_id in first_row:
             problem = f"duplicate prompt id {prompt.prompt_id!r} (first at row {first_row[prompt.prompt_id]}){why}"
-            _skip_or_raise(row.error(row.id_field(), problem) if row else DataFormatError("prompts", None, None,
-                                                                                          problem), skip_bad_rows)
-            skipped += 1
+            skipped.append(_skip_or_raise(row.error(row.id_field(), problem) if row else
+                                          DataFormatError("prompts", None, None, problem), skip_bad_rows))
             continue
         first_row[prompt.prompt_id] = row.number if row else len(kept) + 1
         kept.append(prompt)
@@ -160,12 +162,12 @@ def unique_prompts(prompts: list[PromptExample], prompt_rows: list[Row | None], 
 
 
 def attach_gold_responses(prompts: list[PromptExample], prompt_rows: list[Row | None], gold_path: str,
-                          skip_bad_rows: bool) -> tuple[list[PromptExample], int]:
+                          skip_bad_rows: bool) -> tuple[list[PromptExample], list[DataFormatError]]:
     """Set PromptExample.gold from an APO golden file ({query_id, golden}), joined on prompt_id == query_id.
 
     Errors, or with skip_bad_rows skipped rows (counted): a prompt id used twice (the later prompt), a gold
     query_id used twice (the later gold row), a gold query_id that matches no prompt. A gold from the file
-    replaces a gold the prompt already had. Returns (prompts, skipped)."""
+    replaces a gold the prompt already had. Returns (prompts, [error of each skipped row])."""
     kept, skipped = unique_prompts(prompts, prompt_rows, skip_bad_rows, "; data.gold_file joins gold responses by id")
     by_id = {prompt.prompt_id: prompt for prompt in kept}
     golds, gold_skipped = convert_rows_with_origin(read_rows(gold_path), "apo_golden", skip_bad_rows)
@@ -180,8 +182,7 @@ def attach_gold_responses(prompts: list[PromptExample], prompt_rows: list[Row | 
             gold_row[gold.query_id] = row.number
             by_id[gold.query_id].gold = gold.golden
             continue
-        _skip_or_raise(row.error("query_id", problem), skip_bad_rows)
-        skipped += 1
+        skipped.append(_skip_or_raise(row.error("query_id", problem), skip_bad_rows))
     return kept, skipped
 
 
@@ -202,8 +203,7 @@ def _read_dataset(data_config) -> tuple[TaskData, list[Row | None]]:
         prompts = [(row, p) for row, p in prompts if id(p) in kept_ids]
     else:  # a preference dataset (several pairs of one prompt may share its id: checked only for data.gold_file)
         prompts = _prompts_from_pairs(pairs)
-    task = TaskData(train_prompts=[p for _, p in prompts], preference_pairs=[p for _, p in pairs],
-                    skipped_rows=skipped)
+    task = TaskData(train_prompts=[p for _, p in prompts], preference_pairs=[p for _, p in pairs], skipped=skipped)
     return task, [row for row, _ in prompts]
 
 
@@ -219,19 +219,25 @@ def load_task_data(data_config, seed: int = 0) -> TaskData:
     for attribute, path in (("preference_pairs", data_config.preference_file),
                             ("eval_preference_pairs", data_config.eval_preference_file)):
         if path:
-            records, skipped = convert_rows(read_rows(path), "auto", data_config.skip_bad_rows)
-            setattr(task, attribute, [r for r in records if isinstance(r, PreferencePair)])
-            task.skipped_rows += skipped
+            converted, skipped = convert_rows_with_origin(read_rows(path), "auto", data_config.skip_bad_rows)
+            setattr(task, attribute, [r for _, r in converted if isinstance(r, PreferencePair)])
+            task.skipped += skipped
     if data_config.gold_file:  # before max_prompts: every gold row must find its prompt
         task.train_prompts, skipped = attach_gold_responses(task.train_prompts, prompt_rows, data_config.gold_file,
                                                             data_config.skip_bad_rows)
-        task.skipped_rows += skipped
+        task.skipped += skipped
     if data_config.max_prompts:
         task.train_prompts = task.train_prompts[: data_config.max_prompts]
     if data_config.max_preference_pairs:
         task.preference_pairs = task.preference_pairs[: data_config.max_preference_pairs]
-    if task.skipped_rows:
-        logger.warning("skipped %d bad rows (data.skip_bad_rows=true)", task.skipped_rows)
+    if task.skipped:
+        logger.warning("%s", task.skipped_summary())
+    if not task.train_prompts:
+        raise DataFormatError(data_config.dataset_name, None, None, "no usable prompts: "
+                              + (task.skipped_summary() if task.skipped else "the file gives none"))
+    empty = task.empty_responses()
+    if empty:
+        logger.warning("%d empty responses: they train as the stop token alone (data/empty_responses)", empty)
     samples = sum(len(p.samples) for p in task.train_prompts)
     if samples and not data_config.seed_buffer_from_samples:
         logger.info("%d offline samples read but unused (data.seed_buffer_from_samples: false)", samples)

@@ -26,7 +26,7 @@ class DataFormatError(ValueError):
         if field:
             where += f", field {field!r}"
         super().__init__(f"{where}: {problem}")
-        self.source, self.row, self.field = source, row, field
+        self.source, self.row, self.field, self.problem = source, row, field, problem
 
 
 @dataclass
@@ -52,15 +52,18 @@ class Row:
             raise self.error(key, f"expected a string or an integer id, got {type(value).__name__}")
         return str(value)
 
-    def text(self, field: str, required: bool = True) -> str | None:
+    def text(self, field: str, required: bool = True, allow_empty: bool = False) -> str | None:
+        """The field as a string. required: missing raises (else None); allow_empty: "" (or blanks) is a value
+        (an empty response), else it raises."""
         value = self.data.get(field)
         if value is None:
             if required:
-                raise self.error(field, "missing (expected a non-empty string)")
+                raise self.error(field, "missing (expected a string)" if allow_empty else
+                                 "missing (expected a non-empty string)")
             return None
         if not isinstance(value, str):
             raise self.error(field, f"expected a string, got {type(value).__name__}")
-        if required and not value.strip():
+        if required and not allow_empty and not value.strip():
             raise self.error(field, "empty string")
         return value
 

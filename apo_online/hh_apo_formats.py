@@ -16,6 +16,8 @@ apo_samples      {"query_id": id, "query": str, "sample_0": str, ..., "sample_n"
                  answers with these samples, as the reference repo's offline APO step does, until fresh policy
                  samples push them out of the FIFO buffer.
 Gold answers and samples are cut before any "\\nHuman:" continuation, as the reference repo's converter does.
+Responses may be empty (samples, and the chosen / rejected responses of hh and apo_text_scores): they load as ""
+and train as the stop token alone (counted in data/empty_responses). Queries and gold answers may not.
 A query without any "Human:"/"Assistant:" marker is taken as one user turn.
 """
 
@@ -82,9 +84,7 @@ def _split_dialogue(row: Row, field: str) -> tuple[str, str]:
     response = text[cut + len(ASSISTANT):]
     if HUMAN in response:
         raise row.error(field, "the dialogue must end with an assistant turn")
-    if not response.strip():
-        raise row.error(field, "empty response after the last '\\n\\nAssistant:'")
-    return text[: cut + len(ASSISTANT)], response.strip()
+    return text[: cut + len(ASSISTANT)], response.strip()  # may be empty: an empty response
 
 
 def convert_hh(row: Row) -> list[PreferencePair]:
@@ -121,9 +121,7 @@ def convert_apo_text_scores(row: Row) -> list[PreferencePair]:
         this_query, response = text.split(SEP)
         if query is not None and this_query != query:
             raise row.error(f"text[{i}]", "its query differs from the query of text[0]")
-        if not response.strip():
-            raise row.error(f"text[{i}]", "empty response")
-        query = this_query
+        query = this_query  # the response may be empty: an empty response
         responses.append(response.strip())
     messages = query_messages(row, "text[0]", query)
     order = sorted(range(len(texts)), key=lambda i: -scores[i])  # stable: equal scores keep the file's order
@@ -155,10 +153,6 @@ def convert_apo_samples(row: Row) -> list[PromptExample]:
     query_id = _query_id(row)
     messages = query_messages(row, "query", row.text("query"))
     fields = sorted((int(m.group(1)), key) for key in row.data if (m := SAMPLE_FIELD.match(key)))
-    samples = []
-    for _, key in fields:
-        sample = cut_continuation(row.text(key))
-        if not sample:
-            raise row.error(key, "empty sample")
-        samples.append(sample)
+    # an empty sample (or one that is nothing but a made-up "\nHuman:" turn) is an empty response
+    samples = [cut_continuation(row.text(key, allow_empty=True)) for _, key in fields]
     return [PromptExample(query_id, messages, samples=samples)]

@@ -64,6 +64,15 @@ BAD_INPUTS = [
     ("wrong config type", lambda t: ["--game.total_steps", "many"],
      "error: command line: game.total_steps: expected int, got 'many'"),
     ("tokenizer without eos", tokenizer_without("eos_token"), "has no eos_token, the stop token of generation"),
+    ("every row skipped", lambda t: prompts_file(t, [{"prompt": ""}, {"prompt": "Hi?", "gold": ""}]) + [
+        "--data.skip_bad_rows", "true"],
+     "error: {tmp}/prompts.jsonl: no usable prompts: 2 rows skipped (data.skip_bad_rows): 1 x field 'prompt': empty "
+     "string (first: {tmp}/prompts.jsonl, row 1); 1 x field 'gold': empty string (first: {tmp}/prompts.jsonl, row 2)"),
+    ("rows skipped, the rest too long", lambda t: prompts_file(t, [{"prompt": ""}, GOOD]) + [
+        "--data.skip_bad_rows", "true", "--data.prompt_overflow", "reject", "--data.max_prompt_tokens", "8"],
+     "error: no usable prompts: all 1 prompts are longer than data.max_prompt_tokens=8 tokens (data.prompt_overflow: "
+     "reject); besides, 1 row skipped (data.skip_bad_rows): 1 x field 'prompt': empty string (first: "
+     "{tmp}/prompts.jsonl, row 1)"),
 ]
 
 

@@ -37,7 +37,7 @@ def test_prompt_encoder_truncates_or_rejects_long_prompts(tiny_model_path):
     rejecting = PromptEncoder(tokenizer, max_prompt_tokens=16, prompt_overflow="reject")
     assert [e.prompt_index for e in rejecting.encode_prompts([long, short])] == [1]
     assert rejecting.rejected_prompts == 1
-    with pytest.raises(ValueError, match="every prompt was rejected"):
+    with pytest.raises(ValueError, match=r"no usable prompts: all 1 prompts are longer than data.max_prompt_tokens=4"):
         PromptEncoder(tokenizer, max_prompt_tokens=4, prompt_overflow="reject").encode_prompts([long])
 
 

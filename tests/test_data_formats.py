@@ -152,7 +152,8 @@ GOOD_APO = {"text": [f"{Q}<sep>Paris.", f"{Q}<sep>Rome."], "scores": [1.0, 0.0]}
     ("hh", {"chosen": hh_dialogue(SINGLE, "Paris."), "rejected": "\n\nHuman: other?\n\nAssistant: Rome."},
      "rejected", "differ from those of 'chosen'"),
     ("hh", {"chosen": "\n\nHuman: only a question", "rejected": GOOD_HH["rejected"]}, "chosen", "no '\\\\n\\\\nAssistant:'"),
-    ("hh", {"chosen": hh_dialogue(SINGLE, "   "), "rejected": GOOD_HH["rejected"]}, "chosen", "empty response"),
+    ("hh", {"chosen": hh_dialogue(SINGLE, "Paris.") + "\n\nHuman: sure?", "rejected": GOOD_HH["rejected"]},
+     "chosen", "must end with an assistant turn"),
     ("hh", {"chosen": "preamble" + GOOD_HH["chosen"], "rejected": GOOD_HH["rejected"]}, "chosen", "text before"),
     ("apo_text_scores", {"text": [f"{Q} Paris.", f"{Q}<sep>Rome."], "scores": [1, 0]}, "text[0]", "one '<sep>'"),
     ("apo_text_scores", {"text": GOOD_APO["text"], "scores": [1.0]}, "scores", "list of 2 numbers"),
@@ -165,6 +166,8 @@ GOOD_APO = {"text": [f"{Q}<sep>Paris.", f"{Q}<sep>Rome."], "scores": [1.0, 0.0]}
     ("apo_golden", {"query_id": 2, "golden": ""}, "golden", "empty string"),
     ("apo_samples", {"query_id": 3, "query": Q, "sample_0": "ok", "sample_1": 4}, "sample_1", "expected a string"),
     ("apo_samples", {"query_id": 3, "query": "\n\nHuman: hi"}, "query", "must end with an empty"),
+    ("apo_samples", {"query_id": 3, "query": "", "sample_0": "ok"}, "query", "empty string"),
+    ("apo_samples", {"query_id": 3, "query": Q, "sample_0": None}, "sample_0", "missing"),
 ])
 def test_bad_rows_of_every_format_name_file_row_and_field(tmp_path, fmt, bad_row, field, message):
     good = {"hh": GOOD_HH, "apo_text_scores": GOOD_APO, "apo_golden": {"query_id": 1, "golden": "g"},
@@ -208,3 +211,47 @@ def test_golden_file_given_as_the_dataset_is_refused_with_a_hint(tmp_path):
     golden = write(tmp_path / "golden.jsonl", [{"query_id": 1, "golden": "x"}])
     with pytest.raises(DataFormatError, match="give it as data.gold_file"):
         load_task_data(DataConfig(dataset_name=golden))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# empty responses load as the stop token alone; empty prompts and gold answers do not
+# ------------------------------------------------------------------------------------------------------------------
+def test_empty_samples_load_as_empty_responses_and_are_counted(tmp_path):
+    rows = [{"query_id": 1, "query": Q, "sample_0": "Paris.", "sample_1": "", "sample_2": "   ",
+             "sample_3": "\nHuman: and Rome?"},  # the last is nothing but a made-up next turn
+            {"query_id": 2, "query": Q, "sample_0": ""}]
+    samples = write(tmp_path / "samples.jsonl", rows)
+    golden = write(tmp_path / "golden.jsonl", [{"query_id": 1, "golden": "Paris."}])
+    task = load_task_data(DataConfig(dataset_name=samples, gold_file=golden))
+    assert [p.samples for p in task.train_prompts] == [["Paris.", "", "", ""], [""]]
+    assert task.skipped_rows == 0 and task.empty_responses() == 4
+
+    class Encoder:  # the game's PromptEncoder tokenises "" as [] and appends the stop token
+        def response_ids(self, text):
+            return ([7] if text else []) + [0]
+
+    from apo_online.data import EncodedPrompt
+
+    buffer = SampleBuffer(capacity=8)
+    buffer.add_offline_samples(Encoder(), [EncodedPrompt(0, [1], gold_ids=[5, 0])], task.train_prompts[:1])
+    assert buffer.groups() == {0: [[7, 0], [0], [0], [0]]}
+
+
+@pytest.mark.parametrize("fmt, row", [
+    ("hh", {"chosen": hh_dialogue(SINGLE, "Paris."), "rejected": hh_query(SINGLE)}),
+    ("apo_text_scores", {"text": [f"{Q}<sep>Paris.", f"{Q}<sep> "], "scores": [1.0, 0.0]}),
+    ("trl", {"prompt": "What is the capital of France?", "chosen": "Paris.", "rejected": ""}),
+])
+def test_empty_rejected_responses_load_where_the_format_allows_them(tmp_path, fmt, row):
+    path = write(tmp_path / f"{fmt}.jsonl", [row])
+    [pair] = load(path, fmt)
+    assert (pair.messages, pair.chosen, pair.rejected) == (SINGLE, "Paris.", "")
+
+
+def test_a_task_left_without_prompts_says_how_many_rows_were_skipped_and_why(tmp_path):
+    rows = [{"query_id": i, "query": "", "sample_0": "a"} for i in range(3)] + [{"query_id": 9, "query": Q}]
+    samples = write(tmp_path / "samples.jsonl", rows[:3])
+    with pytest.raises(DataFormatError) as info:
+        load_task_data(DataConfig(dataset_name=samples, skip_bad_rows=True))
+    assert str(info.value) == (f"{samples}: no usable prompts: 3 rows skipped (data.skip_bad_rows): 3 x field 'query': "
+                               f"empty string (first: {samples}, row 1)")
