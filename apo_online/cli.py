@@ -21,15 +21,19 @@ def _setup_logging() -> None:
 
 def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None) -> int:
     """Run one game and return the exit status, with a one-line message (no traceback) when it did not finish:
-    2 bad configuration, data or checkpoint; 3 stopped after too many non-finite updates (a checkpoint was
-    written); 128+N stopped by signal N (SIGTERM: 143, SIGINT: 130) after a checkpoint."""
+    2 bad configuration, data or checkpoint, or a run directory in use or holding an earlier run's output;
+    3 stopped after too many non-finite updates (a checkpoint was written); 128+N stopped by signal N (SIGTERM:
+    143, SIGINT: 130) after a checkpoint. A launcher may report these differently (README, fault table)."""
     from apo_online.checkpoint import CheckpointError
     from apo_online.data_formats import DataFormatError
     from apo_online.model_loading import MissingOfflinePackage
+    from apo_online.run_directory import RunDirectoryError
+    from apo_online.stopping import follow_launcher
     from apo_online.training import NonFiniteUpdates
 
     _setup_logging()
     log = logging.getLogger("apo_online")
+    follow_launcher()  # first: a launcher that dies during the loading must not leave the game running alone
     try:
         config = load_config(argv, default_yaml=default_yaml)
         if game_cls is None:
@@ -37,7 +41,8 @@ def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None)
         started = time.perf_counter()
         game = game_cls(config)
         metrics = game.run()
-    except (ConfigError, DataFormatError, MissingOfflinePackage, CheckpointError, FileNotFoundError) as err:
+    except (ConfigError, DataFormatError, MissingOfflinePackage, CheckpointError, RunDirectoryError,
+            FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NonFiniteUpdates as err:

@@ -87,6 +87,9 @@ class GameConfig:
     seed: int = 42
     output_dir: str = "runs/apo_ppo"
     resume_from_checkpoint: str | None = None  # "latest" (newest in output_dir/checkpoints) or a checkpoint folder
+    # A run that starts from scratch where an earlier run left checkpoints, final/, metrics.jsonl or TensorBoard
+    # events is refused; true deletes those first (each one logged). Resuming deletes nothing.
+    overwrite_output_dir: bool = False
     # --- adversarial RM step (DESIGN.md step 4) ---
     rm_update_every: int = 2  # 0 disables the RM updates (frozen RM baseline)
     rm_mode: str = "refit"  # refit: restart from the warm-up RM each time (stable); continue: keep training ("seq")

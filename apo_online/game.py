@@ -9,8 +9,9 @@
                      (gold, fresh sample) groups from the buffer + beta2 * human pairs
     4. bookkeeping   log (TensorBoard + metrics.jsonl), evaluate, checkpoint on their cadences
 
-Faults: SIGTERM/SIGINT finish the current step, checkpoint and stop (a second signal aborts at once); after
-game.max_consecutive_skips non-finite updates in a row the game checkpoints and raises NonFiniteUpdates.
+Faults: SIGTERM/SIGINT finish the current step, checkpoint and stop (stopping.py: a repeat within a few seconds is the
+same stop, a later one aborts at once); after game.max_consecutive_skips non-finite updates in a row the game
+checkpoints and raises NonFiniteUpdates. The run directory is locked while the game lives (run_directory.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from apo_online.backbone import LoraSettings, SharedBackbone
-from apo_online.checkpoint import export_adapters, load_checkpoint, resolve_resume_path, save_checkpoint
+from apo_online.checkpoint import export_adapters, load_checkpoint, save_checkpoint
 from apo_online.config import Config, ConfigError
 from apo_online.data import PromptEncoder, PromptSampler, TaskData
 from apo_online.data_formats import load_task_data
@@ -37,7 +38,9 @@ from apo_online.optimizers.base import build_policy_optimizer
 from apo_online.reward import AdversarialRewardStep, SampleBuffer, encode_pairs
 from apo_online.reward_model import SeparateRewardScorer, SharedRewardScorer, load_separate_reward_model
 from apo_online.rollout import collect_rollout
+from apo_online.run_directory import claim_run_directory
 from apo_online.run_log import MetricsLog
+from apo_online.stopping import StopRequests
 from apo_online.training import NonFiniteUpdates, RoleAdamW, TrainingContext
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,17 @@ class APOGame:
         self.config = config
         self.accelerator = accelerator or make_accelerator(config.game)
         config.validate(self.accelerator.num_processes)
+        # before anything heavy: a second run on a live directory, or over an earlier run's output, stops at once
+        self.run_lock, self.resume_path = claim_run_directory(config.game, self.accelerator)
+        try:
+            self._setup(task)
+        except BaseException:
+            if self.run_lock is not None:
+                self.run_lock.release()
+            raise
+
+    def _setup(self, task: TaskData | None) -> None:
+        config = self.config
         set_seed(config.game.seed)  # identical initial weights on every process
         self.policy_optimizer = build_policy_optimizer(config)
         self.spec = self.policy_optimizer.rollout_spec()
@@ -106,7 +120,12 @@ class APOGame:
         self.task = task or load_task_data(dc, self.config.game.seed)
         self.encoder = PromptEncoder(self.tokenizer, dc.max_prompt_tokens, dc.prompt_overflow, dc.max_response_tokens,
                                      dc.system_prompt)
-        self.prompts = self.encoder.encode_prompts(self.task.train_prompts)
+        try:
+            self.prompts = self.encoder.encode_prompts(self.task.train_prompts)
+        except ConfigError as err:
+            if not self.task.skipped:
+                raise
+            raise ConfigError(f"{err}; besides, {self.task.skipped_summary()}") from None
         self.pairs = encode_pairs(self.encoder, self.task.preference_pairs)
         self.eval_pairs = encode_pairs(self.encoder, self.task.eval_preference_pairs)
         self.sampler = PromptSampler(len(self.prompts), self.config.rollout.prompts_per_step, self.config.game.seed,
@@ -119,7 +138,8 @@ class APOGame:
         """Play the game to game.total_steps, or until a signal or repeated non-finite updates stop it."""
         resumed = self._resume()
         self.metrics_log.start(_flat_hparams(self.config), resumed_step=self.step if resumed else None)
-        previous_handlers = self._install_signal_handlers()
+        stops = StopRequests(self._request_stop)
+        stops.install()
         try:
             return self._play()
         except NonFiniteUpdates as err:
@@ -129,8 +149,10 @@ class APOGame:
             raise NonFiniteUpdates(f"{err} during {where}; stopped with a checkpoint in {self.last_checkpoint}") \
                 from None
         finally:
-            self._restore_signal_handlers(previous_handlers)
+            stops.restore()
             self.metrics_log.close()
+            if self.run_lock is not None:
+                self.run_lock.release()
 
     def _play(self) -> dict[str, float]:
         g = self.config.game
@@ -217,7 +239,8 @@ class APOGame:
         return {"data/train_prompts": float(len(self.prompts)), "data/preference_pairs": float(len(self.pairs)),
                 "data/prompts_truncated": float(self.encoder.truncated_prompts),
                 "data/prompts_rejected": float(self.encoder.rejected_prompts),
-                "data/skipped_rows": float(self.task.skipped_rows)}
+                "data/skipped_rows": float(self.task.skipped_rows),
+                "data/empty_responses": float(self.task.empty_responses())}
 
     def _log(self, metrics: dict[str, float], step: int) -> dict[str, float]:
         return self.metrics_log.log(metrics, step)
@@ -249,7 +272,7 @@ class APOGame:
         self.ctx.load_state_dict(state["training"])
 
     def _resume(self) -> bool:
-        path = resolve_resume_path(self.config.game.resume_from_checkpoint, self.config.game.output_dir)
+        path = self.resume_path  # resolved when the run directory was claimed
         if path is None:
             return False
         step = load_checkpoint(self, path)
@@ -259,28 +282,12 @@ class APOGame:
         logger.info("resumed from %s at step %d", path, step)
         return True
 
-    def _install_signal_handlers(self) -> dict:
-        """SIGTERM/SIGINT: finish the current step, write a checkpoint and stop; a second signal aborts at once.
-        Main thread only (Python's rule); elsewhere signals keep their handlers."""
-        def request_stop(signum, frame):
-            if self.stop_signal is not None:
-                raise KeyboardInterrupt(f"second signal {signum}: aborting without a checkpoint")
-            self.stop_signal = signum
-            logger.warning("signal %d: stopping after this step with a checkpoint (send it again to abort now)",
-                           signum)
-
-        previous = {}
-        try:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, request_stop)
-        except ValueError:  # not in the main thread
-            pass
-        return previous
-
-    @staticmethod
-    def _restore_signal_handlers(previous: dict) -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    def _request_stop(self, signum: int) -> None:
+        """The first stop signal: the loop stops at the next step boundary, with a checkpoint."""
+        self.stop_signal = signum
+        if self.run_lock is not None:  # what a refused second run will be told
+            self.run_lock.note(f"stopping after signal {signum}: finishing its current step, then writing a "
+                               f"checkpoint")
 
 
 def _flat_hparams(config: Config) -> dict:

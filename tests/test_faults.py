@@ -14,6 +14,7 @@ from apo_online import losses
 from apo_online.checkpoint import latest_checkpoint
 from apo_online.cli import main
 from apo_online.run_log import read_metrics
+from apo_online.stopping import StopRequests
 from apo_online.training import NonFiniteUpdates, RoleAdamW, TrainingContext
 
 from conftest import REPO, tiny_overrides
@@ -176,11 +177,22 @@ def test_sigterm_finishes_the_step_then_checkpoints(tiny_config, single_accelera
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
 
 
-def test_a_second_signal_aborts_at_once(tiny_config, single_accelerator):
+def test_a_second_signal_after_the_repeat_window_aborts_at_once(tiny_config, single_accelerator, monkeypatch):
+    monkeypatch.setattr(StopRequests, "REPEAT_WINDOW_S", 0.0)
     game = SelfSignallingGame(tiny_config(**{"game.total_steps": 3}), times=2)
     with pytest.raises(KeyboardInterrupt, match="second signal"):
         game.run()
     assert latest_checkpoint(game.config.game.output_dir) is None
+
+
+def test_a_repeat_within_the_window_is_the_same_stop(tiny_config, single_accelerator):
+    """Ctrl-C reaches the launcher and the game, the agent forwards it again, the launcher's death adds SIGTERM: one
+    stop delivered several times must still end with a checkpoint."""
+    game = SelfSignallingGame(tiny_config(**{"game.total_steps": 3}), times=3)
+    game.run()
+    assert game.stop_signal == signal.SIGTERM and game.step == 1
+    meta = json.loads((latest_checkpoint(game.config.game.output_dir) / "meta.json").read_text())
+    assert (meta["step"], meta["reason"]) == (1, "signal")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
