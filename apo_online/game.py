@@ -33,6 +33,7 @@ from apo_online.config import Config, ConfigError
 from apo_online.data import PromptEncoder, PromptSampler, TaskData
 from apo_online.data_formats import load_task_data
 from apo_online.distributed import make_accelerator
+from apo_online.model_card import write_model_card
 from apo_online.model_loading import load_causal_lm
 from apo_online.optimizers.base import build_policy_optimizer
 from apo_online.reward import AdversarialRewardStep, SampleBuffer, encode_pairs
@@ -246,12 +247,14 @@ class APOGame:
         return self.metrics_log.log(metrics, step)
 
     def save_final(self) -> Path:
-        """<output_dir>/final: peft adapters, heads, tokenizer and the config, for users and eval scripts."""
+        """<output_dir>/final: peft adapters, heads, tokenizer, the config and a model card (model_card.py)."""
         final = Path(self.config.game.output_dir) / "final"
         export_adapters(self.ctx, final)
         if self.accelerator.is_main_process:
             self.tokenizer.save_pretrained(str(final / "tokenizer"))
             (final / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+            write_model_card(final, self.config.to_dict(), tuple(self.policy_optimizer.roles),
+                             self.accelerator.num_processes, bool(getattr(self.tokenizer, "chat_template", None)))
         self.accelerator.wait_for_everyone()
         return final
 
