@@ -43,7 +43,7 @@ def load_prompts(prompts_file: str | None, config) -> list[PromptExample]:
     return prompts
 
 
-def _judge_functions(loaded: LoadedRun, judges: list[str]):
+def judge_functions(loaded: LoadedRun, judges: list[str]):
     """judge name -> f(prompt_ids, questions, response_ids, texts) -> [B] scores (token ids for the RM, text for the
     gold judge, which has its own tokenizer)."""
     pad_id = loaded.tokenizer.pad_token_id
@@ -80,7 +80,7 @@ def evaluate_policy(loaded: LoadedRun, examples: list[PromptExample], judges: li
     rows = sorted(humans)
     result = {"source": loaded.source, "prompts": len(encoded), "samples_per_prompt": samples_per_prompt,
               "sides": {side: {} for side in SIDES}, "human": {}, "policy_vs_reference": {}}
-    for name, judge in _judge_functions(loaded, judges).items():
+    for name, judge in judge_functions(loaded, judges).items():
         human_scores = judge([prompt_ids[i] for i in rows], [questions[i] for i in rows],
                              [encoder.response_ids(humans[i]) for i in rows], [humans[i] for i in rows])
         human_by_prompt = dict(zip(rows, human_scores.tolist()))

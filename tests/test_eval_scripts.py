@@ -64,6 +64,49 @@ def test_policy_eval_on_the_tiny_model(compared, tmp_path):
     assert "rm score" in policy_eval.format_table(result)
 
 
+def test_generate_shows_policy_and_reference_answers_with_their_scores(compared, tmp_path, capsys):
+    from apo_online.gold_judge import load_gold_judge
+    from eval import generate
+
+    output, _ = compared
+    questions = tmp_path / "questions.txt"
+    questions.write_text("What is your favourite book?\n\nDo you like music?\n")
+    argv = ["--run", str(output / "apo_ppo"), "--prompt", "Hello, who are you?", "--prompts", str(questions),
+            "--samples_per_prompt", "2", "--output", str(tmp_path / "answers.json")]
+    result = generate.main(argv)
+    printed = capsys.readouterr().out
+    assert [item["prompt"] for item in result["prompts"]] == ["Hello, who are you?", "What is your favourite book?",
+                                                              "Do you like music?"]  # the blank line is no prompt
+    assert result["judges"] == ["rm", "gold"]  # the embedded task: the gold judge by default
+    answers = [(item["prompt"], a) for item in result["prompts"] for side in ("policy", "reference")
+               for a in item[side]]
+    assert len(answers) == 3 * 2 * 2
+    # the gold scores shown are the judge's scores of exactly the texts shown
+    judge = load_gold_judge()
+    rescored = judge.score([q for q, _ in answers], [a["text"] for _, a in answers]).tolist()
+    assert rescored == pytest.approx([a["gold_score"] for _, a in answers], abs=1e-5)
+    for prompt, answer in answers:
+        assert math.isfinite(answer["rm_score"]) and answer["stopped"] in (True, False)
+        text = answer["text"].strip().replace("\n", " ") + ("" if answer["stopped"] else " ...")
+        assert text in printed and f"] {prompt}" in printed
+    assert json.loads((tmp_path / "answers.json").read_text()) == result
+    assert generate.main(argv) == result  # the same seed, the same answers
+
+
+def test_generate_refuses_empty_prompts_and_the_gold_judge_off_the_embedded_task(compared, capsys):
+    from eval import generate
+    from apo_online.run_loading import load_run
+
+    output, _ = compared
+    with pytest.raises(SystemExit) as info:
+        generate.main(["--run", str(output / "apo_ppo"), "--prompt", "Hi?", "--prompt", " "])
+    assert info.value.code == 2 and "error: --prompt number 2: empty prompt" in capsys.readouterr().err
+    loaded = load_run(output / "apo_ppo")
+    loaded.config.data.dataset_name = "prompts.jsonl"
+    with pytest.raises(ValueError, match="the gold judge is trained on the embedded task's hidden queries only"):
+        generate.generate(loaded, generate.read_prompts(["Hi?"], None, loaded.config), ["rm", "gold"])
+
+
 def test_rm_eval_on_the_tiny_run(compared, tmp_path):
     from apo_online.calibration import preference_accuracy
     from eval import rm_eval
