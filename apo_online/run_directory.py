@@ -78,6 +78,11 @@ class RunLock:
             os.close(fd)
             raise RunDirectoryError(f"{output_dir} is in use by a live run: {describe_holder(holder)}; wait for it "
                                     f"to end (or stop it), or choose another game.output_dir") from None
+        except OSError as err:  # a file system without flock (some network or FUSE ones): run, but say so
+            os.close(fd)
+            logger.warning("%s: cannot lock %s (%s): nothing stops a second run on this directory", output_dir,
+                           LOCK_FILE, err)
+            return cls(path, -1)
         previous = _read_holder(fd)
         lock = cls(path, fd)
         if previous and not str(previous.get("state", "")).startswith("ended"):
@@ -105,6 +110,8 @@ class RunLock:
         self._held.pop(str(self.path), None)
 
     def _write(self) -> None:
+        if self.fd < 0:  # no lock on this file system
+            return
         data = json.dumps(self.holder).encode()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, data, 0)
@@ -184,10 +191,11 @@ def claim_run_directory(game_config, accelerator) -> tuple[RunLock | None, Path 
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
-        verdict = broadcast_object_list([str(resume_path) if resume_path else None, repr(error) if error else None])
+        verdict = broadcast_object_list([str(resume_path) if resume_path else None,
+                                         f"{type(error).__name__}: {error}" if error else None])
         resume_path = Path(verdict[0]) if verdict[0] else None
         if error is None and verdict[1] is not None:
-            raise RunDirectoryError(f"the main process refused the run directory: {verdict[1]}")
+            raise RunDirectoryError(f"stopped with the main process, which says: {verdict[1]}")
     if error is not None:
         raise error
     return lock, resume_path

@@ -44,8 +44,10 @@ def _command_line(pid: int) -> list[str]:
 
 def parent_is_launcher() -> bool:
     """Whether this process was started by accelerate launch, torchrun or deepspeed (read from /proc)."""
-    words = _command_line(os.getppid())[:3]  # [python] program-or-"-m" [module]
-    return any(os.path.basename(word) in LAUNCHER_PROGRAMS or word in LAUNCHER_MODULES for word in words)
+    words = _command_line(os.getppid()) + ["", "", ""]  # program, or: python program | python -m module
+    if any(os.path.basename(word) in LAUNCHER_PROGRAMS for word in words[:2]):
+        return True
+    return words[1] == "-m" and words[2] in LAUNCHER_MODULES
 
 
 def follow_launcher() -> bool:

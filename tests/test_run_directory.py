@@ -158,3 +158,18 @@ def test_the_recipe_refuses_to_start_over_a_finished_run_unless_told_to(tmp_path
                                 f"step-000000), final/, metrics.jsonl (steps 0-0), tensorboard/; to continue it")
     assert (tmp_path / "metrics.jsonl").read_text() == metrics
     assert run(**{"game.overwrite_output_dir": "true"}) == (0, [])
+
+
+def test_a_file_system_without_locks_runs_unlocked_and_says_so(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING, logger="apo_online.run_directory"):
+        lock = RunLock.acquire(tmp_path)
+    assert "cannot lock .run.lock ([Errno 37] No locks available): nothing stops a second run" in caplog.text
+    lock.note("stopping")
+    lock.release()

@@ -132,6 +132,19 @@ def test_without_a_launcher_a_late_repeat_aborts(monkeypatch):
         deliver(requests, signal.SIGTERM)
 
 
+@pytest.mark.parametrize("command, launcher", [
+    (["/usr/bin/python3", "/usr/local/bin/accelerate", "launch", "recipes/apo_ppo.py"], True),
+    (["/usr/local/bin/torchrun", "--nproc_per_node", "2", "train.py"], True),
+    (["python", "-m", "torch.distributed.run", "train.py"], True),
+    (["/bin/bash"], False),
+    (["python", "train.py", "accelerate"], False),  # only the program or module counts, not its arguments
+    ([], False),  # the parent is already gone
+])
+def test_launchers_are_told_from_their_command_line(monkeypatch, command, launcher):
+    monkeypatch.setattr(stopping, "_command_line", lambda pid: command)
+    assert stopping.parent_is_launcher() is launcher
+
+
 @pytest.mark.slow
 def test_one_process_launch_refuses_a_second_run_then_stops_on_sigterm_with_a_checkpoint(tmp_path, tiny_model_path):
     output = tmp_path / "run"
