@@ -25,7 +25,7 @@ def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None)
     written); 128+N stopped by signal N (SIGTERM: 143, SIGINT: 130) after a checkpoint."""
     from apo_online.checkpoint import CheckpointError
     from apo_online.data_formats import DataFormatError
-    from apo_online.model_loading import MissingOfflinePackage
+    from apo_online.assets import MissingOfflinePackage
     from apo_online.training import NonFiniteUpdates
 
     _setup_logging()
