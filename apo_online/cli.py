@@ -26,7 +26,7 @@ def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None)
     143, SIGINT: 130) after a checkpoint. A launcher may report these differently (README, fault table)."""
     from apo_online.checkpoint import CheckpointError
     from apo_online.data_formats import DataFormatError
-    from apo_online.model_loading import MissingOfflinePackage
+    from apo_online.assets import MissingOfflinePackage
     from apo_online.run_directory import RunDirectoryError
     from apo_online.stopping import follow_launcher
     from apo_online.training import NonFiniteUpdates

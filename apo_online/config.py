@@ -81,6 +81,36 @@ class RolloutConfig:
 
 
 @dataclass
+class RewardConfig:
+    """The reward model's warm-up and its adversarial APO updates (apo_online/reward.py), the `rm:` section.
+
+    Paper (Cheng et al. 2024) and reference code, for comparison: RM refit from RM_Base every round for one epoch over
+    ~20k queries x 4 samples plus the human pairs; beta2 = 10 on the human-pair term; the reference code weights the
+    gold-vs-sample term by 0.1 / (4 samples per gold) per pair (i.e. 0.1 per query, as apo_coeff 0.1 does here)."""
+
+    update_every: int = 2  # policy steps between APO updates of the RM; 0 freezes the RM (the frozen-RM baseline)
+    mode: str = "refit"  # refit: restart from the base (warm-up) RM each time (paper's stable setting); continue ("seq")
+    steps_per_update: int = 4  # RM optimizer steps per APO update
+    queries_per_step: int = 8  # (gold, samples) groups per RM optimizer step, per process
+    pairs_per_step: int = 8  # human preference pairs per RM optimizer step, per process
+    micro_batches: int = 1  # split each RM step into this many forward/backward passes (less activation memory)
+    learning_rate: float = 1e-4
+    beta2: float = 1.0  # weight of the human-preference Bradley-Terry term
+    apo_coeff: float = 1.0  # weight of the gold-vs-sample term
+    buffer_size: int = 256  # policy samples on gold-annotated prompts kept for the APO term, per process
+    # "Fresh": the APO term draws only samples of the policies of the last `sample_window` policy steps (0: the whole
+    # buffer). With window = update_every, every APO update sees only the samples taken since the previous one.
+    sample_window: int = 2
+    # Shortcut guard: gold responses always end with the stop token, early policy samples often stop at
+    # max_new_tokens; the APO term uses only samples that ended with the stop token, so that "has no stop token" (already
+    # penalised by rollout.missing_eos_penalty) is not the cheapest way to tell gold from samples.
+    eos_only: bool = True
+    # Bradley-Terry steps on human pairs before the game (the base RM). None: one pass over the human pairs
+    # (ceil(pairs / (pairs_per_step * processes)) steps); 0: no warm-up.
+    warmup_steps: int | None = None
+
+
+@dataclass
 class GameConfig:
     total_steps: int = 20
     policy_optimizer: str = "ppo"  # ppo | dpo | rjs | a name registered with apo_online.optimizers.register
@@ -90,18 +120,6 @@ class GameConfig:
     # A run that starts from scratch where an earlier run left checkpoints, final/, metrics.jsonl or TensorBoard
     # events is refused; true deletes those first (each one logged). Resuming deletes nothing.
     overwrite_output_dir: bool = False
-    # --- adversarial RM step (DESIGN.md step 4) ---
-    rm_update_every: int = 2  # 0 disables the RM updates (frozen RM baseline)
-    rm_mode: str = "refit"  # refit: restart from the warm-up RM each time (stable); continue: keep training ("seq")
-    rm_steps_per_update: int = 4
-    rm_queries_per_step: int = 8  # (gold, samples) groups per RM optimizer step, per process
-    rm_pairs_per_step: int = 8  # human preference pairs per RM optimizer step, per process
-    rm_micro_batches: int = 1  # split each RM step into this many forward/backward passes (less activation memory)
-    rm_learning_rate: float = 1e-4
-    beta2: float = 1.0  # weight of the human-preference Bradley-Terry term
-    apo_coeff: float = 1.0  # weight of the gold-vs-sample term
-    buffer_size: int = 256  # recent policy samples kept for the RM step
-    rm_warmup_steps: int = 30  # Bradley-Terry steps on human pairs before the game starts (0: none)
     max_grad_norm: float = 1.0
     # CPU threads per process when running without a GPU; None: this machine's cores / local processes
     # (accelerate launch sets OMP_NUM_THREADS=1, which would leave all but one core idle).
@@ -112,6 +130,7 @@ class GameConfig:
     save_every: int = 0  # 0: save only at the end
     keep_last_checkpoints: int = 0  # >0: delete all but the newest K step checkpoints after each save; 0 keeps all
     eval_every: int = 0  # 0: no periodic eval
+    eval_at_start: bool = False  # also evaluate at step 0, after the RM warm-up (the start of a gold-vs-KL frontier)
     # Every eval_every steps the hidden gold judge (apo_online/gold_judge.py) scores fresh policy samples on
     # data.num_eval_prompts held-out prompts, and the RM is checked against it (eval/gold_*, eval/rm_*_on_policy).
     gold_judge: bool = False
@@ -124,10 +143,11 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     game: GameConfig = field(default_factory=GameConfig)
+    rm: RewardConfig = field(default_factory=RewardConfig)
     # Per-optimizer sections, keyed by registered optimizer name, each its optimizer's own dataclass.
     optimizers: dict[str, Any] = field(default_factory=dict)
 
-    CORE_SECTIONS = ("model", "data", "rollout", "game")
+    CORE_SECTIONS = ("model", "data", "rollout", "game", "rm")
 
     def optimizer_config(self, name: str | None = None) -> Any:
         """The config dataclass of optimizer `name` (default: the one the game uses), defaults if not given."""
@@ -152,13 +172,18 @@ class Config:
             if not condition:
                 raise ConfigError(message)
 
-        g, r, d = self.game, self.rollout, self.data
+        g, r, d, rm = self.game, self.rollout, self.data, self.rm
         entry = get_optimizer_entry(g.policy_optimizer)  # raises with the list of known names
         need(g.total_steps >= 0, f"game.total_steps must be >= 0, got {g.total_steps}")
-        need(g.rm_update_every >= 0, f"game.rm_update_every must be >= 0 (0 disables), got {g.rm_update_every}")
-        need(g.rm_mode in ("refit", "continue"), f"game.rm_mode must be 'refit' or 'continue', got {g.rm_mode!r}")
-        need(g.beta2 >= 0, f"game.beta2 must be >= 0, got {g.beta2}")
-        need(g.rm_micro_batches >= 1, f"game.rm_micro_batches must be >= 1, got {g.rm_micro_batches}")
+        need(rm.update_every >= 0, f"rm.update_every must be >= 0 (0 disables), got {rm.update_every}")
+        need(rm.mode in ("refit", "continue"), f"rm.mode must be 'refit' or 'continue', got {rm.mode!r}")
+        need(rm.beta2 >= 0 and rm.apo_coeff >= 0, f"rm.beta2 and rm.apo_coeff must be >= 0, got {rm.beta2}, "
+             f"{rm.apo_coeff}")
+        need(rm.micro_batches >= 1, f"rm.micro_batches must be >= 1, got {rm.micro_batches}")
+        need(rm.sample_window >= 0, f"rm.sample_window must be >= 0 (0: the whole buffer), got {rm.sample_window}")
+        need(rm.warmup_steps is None or rm.warmup_steps >= 0,
+             f"rm.warmup_steps must be >= 0 or null (one pass over the human pairs), got {rm.warmup_steps}")
+        need(rm.buffer_size >= 1, f"rm.buffer_size must be >= 1, got {rm.buffer_size}")
         need(g.eval_samples_per_prompt >= 1,
              f"game.eval_samples_per_prompt must be >= 1, got {g.eval_samples_per_prompt}")
         need(d.num_eval_prompts >= 1, f"data.num_eval_prompts must be >= 1, got {d.num_eval_prompts}")
@@ -216,9 +241,18 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+# game.<old> -> rm.<new>: the RM step's fields moved to their own section; old keys get an error naming the new one.
+MOVED_TO_RM = {"rm_update_every": "update_every", "rm_mode": "mode", "rm_steps_per_update": "steps_per_update",
+               "rm_queries_per_step": "queries_per_step", "rm_pairs_per_step": "pairs_per_step",
+               "rm_micro_batches": "micro_batches", "rm_learning_rate": "learning_rate", "beta2": "beta2",
+               "apo_coeff": "apo_coeff", "buffer_size": "buffer_size", "rm_warmup_steps": "warmup_steps"}
+
+
 def _apply(section: Any, values: dict[str, Any], section_name: str, source: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(section)}
     for key, value in values.items():
+        if section_name == "game" and key in MOVED_TO_RM:
+            raise ConfigError(f"{source}: game.{key} moved to the rm: section; write rm.{MOVED_TO_RM[key]}")
         if key not in fields:
             raise ConfigError(f"{source}: unknown field {section_name}.{key}; known: {', '.join(sorted(fields))}")
         setattr(section, key, _convert(value, fields[key].type, f"{source}: {section_name}.{key}"))
@@ -301,6 +335,8 @@ def load_config(argv: list[str] | None = None, default_yaml: str | Path | None =
             section_name, field_name = key.split(".", 1)
         else:
             owners = index.get(key, [])
+            if not owners and key in MOVED_TO_RM:
+                raise ConfigError(f"command line: --{key} moved to the rm: section; write --rm.{MOVED_TO_RM[key]}")
             if len(owners) != 1:
                 hint = f"it is in {', '.join(owners)}: write --<section>.{key}" if owners else "no such field"
                 raise ConfigError(f"command line: --{key}: {hint}")

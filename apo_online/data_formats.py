@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 from apo_online.data import Messages, PreferencePair, PromptExample, TaskData
 from apo_online.data_rows import DataFormatError, Row, read_rows
+from apo_online.embedded import build_embedded_task
+from apo_online.judged_task import build_judged_task
 from apo_online.hh_apo_formats import (
     GoldResponse,
     convert_apo_golden,
@@ -186,6 +188,17 @@ def attach_gold_responses(prompts: list[PromptExample], prompt_rows: list[Row | 
     return kept, skipped
 
 
+BUILTIN_TASKS = ("embedded", "embedded_judged")  # the offline tasks (embedded.py, judged_task.py)
+
+
+def _builtin_task(data_config, seed: int, model_config) -> TaskData:
+    if data_config.dataset_name == "embedded":
+        return build_embedded_task(seed)
+    if model_config is None:
+        raise ValueError("data.dataset_name embedded_judged samples candidates from the base model: pass model_config")
+    return build_judged_task(model_config, data_config, seed)
+
+
 def _read_dataset(data_config) -> tuple[TaskData, list[Row | None]]:
     converted, skipped = convert_rows_with_origin(read_rows(data_config.dataset_name, data_config.dataset_split),
                                                   data_config.format, data_config.skip_bad_rows)
@@ -207,12 +220,11 @@ def _read_dataset(data_config) -> tuple[TaskData, list[Row | None]]:
     return task, [row for row, _ in prompts]
 
 
-def load_task_data(data_config, seed: int = 0) -> TaskData:
-    """TaskData for a DataConfig: the embedded default, or prompts/preferences read from files or the hub."""
-    if data_config.dataset_name == "embedded":
-        from apo_online.embedded import build_embedded_task
-
-        task = build_embedded_task(seed)
+def load_task_data(data_config, seed: int = 0, model_config=None) -> TaskData:
+    """TaskData for a DataConfig: a built-in task (embedded, or embedded_judged, which samples candidates from
+    model_config's base model once), or prompts/preferences read from files or the hub."""
+    if data_config.dataset_name in BUILTIN_TASKS:
+        task = _builtin_task(data_config, seed, model_config)
         prompt_rows: list[Row | None] = [None] * len(task.train_prompts)
     else:
         task, prompt_rows = _read_dataset(data_config)

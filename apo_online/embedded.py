@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from apo_online.data import PreferencePair, PromptExample, TaskData
-from apo_online.model_loading import package_dir
+from apo_online.assets import package_dir
 
 SPLIT_SHARES = (("rm", 0.45), ("policy", 0.35), ("eval", 0.10), ("judge", 0.10))
 

@@ -18,6 +18,7 @@ from trl.models.utils import unwrap_model_for_generation
 from apo_online.calibration import pair_calibration, preference_accuracy
 from apo_online.config import ConfigError
 from apo_online.data import join_prompt_response, left_pad
+from apo_online.data_formats import BUILTIN_TASKS
 from apo_online.gold_judge import load_gold_judge, question_text
 from apo_online.rollout import score_sequences, truncate_at_stop
 
@@ -138,6 +139,7 @@ class GoldJudgeEvaluator:
     """`game.evaluators` entry: the hidden gold judge scores fresh policy samples on held-out eval prompts.
 
     Logs eval/gold_score, eval/gold_win_rate_vs_human (judge prefers the sample to the prompt's first human answer),
+    eval/gold_win_rate_vs_gold (... to the prompt's gold response; at step 0, 1 minus APO's premise),
     eval/rm_score, eval/rm_accuracy_on_policy and eval/rm_ece_on_policy (the game's RM against the judge on pairs of
     samples of the same prompt), eval/kl, eval/response_length, eval/eos_fraction. `history` keeps each evaluation's
     metrics and RM scores of the judged pairs, so a comparison can pool them (eval/compare.py)."""
@@ -151,17 +153,21 @@ class GoldJudgeEvaluator:
         examples = task.eval_prompts[: cfg.data.num_eval_prompts]
         self.prompts = game.encoder.encode_prompts(examples)
         self.questions = [question_text(examples[p.prompt_index].messages) for p in self.prompts]
-        self.human_answers = [examples[p.prompt_index].gold or examples[p.prompt_index].references[0]
+        # human: the prompt's first human answer; gold: its gold response (on embedded_judged the judge's best
+        # candidate, on embedded the first human answer again)
+        self.human_answers = [(examples[p.prompt_index].references or [examples[p.prompt_index].gold])[0]
                               for p in self.prompts]
-        self.judge, self.human_scores = None, None
+        self.gold_answers = [examples[p.prompt_index].gold or self.human_answers[i] for i, p in enumerate(self.prompts)]
+        self.judge, self.human_scores, self.gold_scores = None, None, None
         self.seed = cfg.game.seed + EVAL_SEED_OFFSET + 1000 * game.accelerator.process_index
 
     def _judge(self):
         if self.judge is None:  # built on first use: runs without evaluations never load the encoder
             config = self.game.config
-            pairs = None if config.data.dataset_name == "embedded" else self.game.task.judge_pairs  # None: default
+            pairs = None if config.data.dataset_name in BUILTIN_TASKS else self.game.task.judge_pairs  # None: default
             self.judge = load_gold_judge(pairs, config.model.cache_dir)
             self.human_scores = self.judge.score(self.questions, self.human_answers)
+            self.gold_scores = self.judge.score(self.questions, self.gold_answers)
         return self.judge
 
     def __call__(self, game) -> dict[str, float]:
@@ -190,6 +196,7 @@ class GoldJudgeEvaluator:
         metrics = {
             "eval/gold_score": gold.mean().item(),
             "eval/gold_win_rate_vs_human": win_rate(gold, self.human_scores[samples.prompt_positions]),
+            "eval/gold_win_rate_vs_gold": win_rate(gold, self.gold_scores[samples.prompt_positions]),
             "eval/rm_score": samples.rm_scores.mean().item(),
             "eval/kl": samples.kl.mean().item(),
             "eval/response_length": samples.lengths.mean().item(),

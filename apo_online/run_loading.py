@@ -21,7 +21,7 @@ from peft import set_peft_model_state_dict
 from peft.utils import load_peft_weights
 
 from apo_online.backbone import ADAPTER_ROLES, LoraSettings, SharedBackbone
-from apo_online.config import Config, DataConfig, GameConfig, ModelConfig, RolloutConfig
+from apo_online.config import Config, DataConfig, GameConfig, ModelConfig, RewardConfig, RolloutConfig
 from apo_online.model_loading import load_causal_lm
 
 
@@ -41,7 +41,8 @@ def _section(cls, values: dict | None):
 
 def config_from_dict(raw: dict) -> Config:
     return Config(model=_section(ModelConfig, raw.get("model")), data=_section(DataConfig, raw.get("data")),
-                  rollout=_section(RolloutConfig, raw.get("rollout")), game=_section(GameConfig, raw.get("game")))
+                  rollout=_section(RolloutConfig, raw.get("rollout")), game=_section(GameConfig, raw.get("game")),
+                  rm=_section(RewardConfig, raw.get("rm")))
 
 
 def find_adapters(path: str | Path) -> tuple[Path, dict]:

@@ -49,9 +49,9 @@ def overrides(size: str, variant: str, output_dir: str, args) -> list[str]:
         "rollout.logprobs_from_generation": args.logprobs_from_generation,  # what TRL always does
     }
     if variant == "apo_ppo_frozen_rm":  # RM never updated: the same work as TRL's PPO with a fixed RM
-        values.update({"game.rm_update_every": 0, "game.rm_warmup_steps": 0})
-    else:  # APO refit every game.rm_update_every steps, as recipes/configs/apo_ppo.yaml sets it
-        values.update({"game.rm_warmup_steps": args.rm_warmup_steps})
+        values.update({"rm.update_every": 0, "rm.warmup_steps": 0})
+    else:  # APO refit every rm.update_every steps, as recipes/configs/apo_ppo.yaml sets it
+        values.update({"rm.warmup_steps": args.rm_warmup_steps})
     out: list[str] = []
     for key, value in values.items():
         out += [f"--{key}", str(value)]
@@ -113,8 +113,8 @@ def run(game, args) -> dict:
             generation_times.append(time.perf_counter() - started)
 
     SharedBackbone.generate = timed_generate
-    if game.config.game.rm_update_every:  # untimed, like loading: the warm-up RM is the base of every refit
-        game.rm_step.warmup(game.config.game.rm_warmup_steps)
+    if game.config.rm.update_every:  # untimed, like loading: the warm-up RM is the base of every refit
+        game.rm_step.warmup(game.config.rm.warmup_steps)
     game.warmed_up = True
     records = []
     wall_start = None

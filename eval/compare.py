@@ -3,7 +3,7 @@
     python eval/compare.py                                        # frozen_ppo vs apo_ppo (+ apo_dpo, apo_rjs if registered)
     python eval/compare.py --variants frozen_ppo,apo_ppo --output_dir runs/compare --game.total_steps 20 --game.eval_every 5
 
-A variant is `<mode>_<optimizer>`: mode `frozen` (game.rm_update_every 0: the RM stays the warm-up RM) or `apo`
+A variant is `<mode>_<optimizer>`: mode `frozen` (rm.update_every 0: the RM stays the warm-up RM) or `apo`
 (the adversarial RM updates of the config), optimizer any registered policy optimizer (ppo, and dpo / rjs where they
 are registered; unknown ones are skipped with a message). Every other argument is a config override
 (`--section.field value`, `--config file.yaml`) applied to all variants on top of recipes/configs/apo_ppo.yaml.
@@ -54,7 +54,7 @@ def variant_overrides(name: str, output_dir: Path) -> list[str]:
         raise ConfigError(f"policy optimizer {optimizer!r} is not registered (known: {', '.join(known_optimizer_names())})")
     overrides = ["--game.policy_optimizer", optimizer, "--game.output_dir", str(output_dir / name),
                  "--game.gold_judge", "true"]
-    return overrides + (["--game.rm_update_every", "0"] if mode == "frozen" else [])
+    return overrides + (["--rm.update_every", "0"] if mode == "frozen" else [])
 
 
 def variant_recipe(name: str) -> Path:
@@ -65,8 +65,8 @@ def variant_recipe(name: str) -> Path:
 
 def variant_config(name: str, overrides: list[str], output_dir: Path):
     config = load_config(overrides + variant_overrides(name, output_dir), default_yaml=variant_recipe(name))
-    if name.startswith("apo_") and config.game.rm_update_every < 1:
-        raise ConfigError(f"variant {name} needs game.rm_update_every >= 1 (0 freezes the RM)")
+    if name.startswith("apo_") and config.rm.update_every < 1:
+        raise ConfigError(f"variant {name} needs rm.update_every >= 1 (0 freezes the RM)")
     return config
 
 
@@ -131,9 +131,12 @@ def summarise(name: str, run: dict, output_dir: Path) -> dict:
     final = history[-1]["metrics"]
     return {
         "gold_score_step0": history[0]["metrics"]["eval/gold_score"],
+        # APO's premise at step 0 (policy = reference): how often the judge prefers the gold response to a sample
+        "premise_gold_win_rate_step0": 1.0 - history[0]["metrics"].get("eval/gold_win_rate_vs_gold", math.nan),
         "gold_score_final": final["eval/gold_score"],
         "gold_score_mean_after_step0": sum(h["metrics"]["eval/gold_score"] for h in trained) / max(len(trained), 1),
         "gold_win_rate_vs_human_final": final["eval/gold_win_rate_vs_human"],
+        "gold_win_rate_vs_gold_final": final.get("eval/gold_win_rate_vs_gold", math.nan),
         "rm_accuracy_on_policy_pooled": preference_accuracy(better, worse),
         "rm_ece_on_policy_pooled": report.ece,
         "policy_pairs_pooled": len(better),
@@ -146,9 +149,11 @@ def summarise(name: str, run: dict, output_dir: Path) -> dict:
     }
 
 
-TABLE_ROWS = [("gold score at step 0", "gold_score_step0"), ("gold score, final", "gold_score_final"),
+TABLE_ROWS = [("premise: gold beats sample, step 0", "premise_gold_win_rate_step0"),
+              ("gold score at step 0", "gold_score_step0"), ("gold score, final", "gold_score_final"),
               ("gold score, mean of evals > 0", "gold_score_mean_after_step0"),
               ("gold win rate vs human, final", "gold_win_rate_vs_human_final"),
+              ("gold win rate vs gold, final", "gold_win_rate_vs_gold_final"),
               ("RM acc. on policy pairs (pooled)", "rm_accuracy_on_policy_pooled"),
               ("RM ECE on policy pairs (pooled)", "rm_ece_on_policy_pooled"),
               ("policy pairs judged (pooled)", "policy_pairs_pooled"),

@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a file: import this checkout's packages,
 import torch  # noqa: E402
 
 from apo_online.data import PromptEncoder, PromptExample  # noqa: E402
+from apo_online.data_formats import BUILTIN_TASKS  # noqa: E402
 from apo_online.evaluation import sample_responses  # noqa: E402
 from apo_online.gold_judge import question_text  # noqa: E402
 from apo_online.run_loading import LoadedRun, load_run  # noqa: E402
@@ -52,15 +53,15 @@ def read_prompts(texts: list[str], prompts_file: str | None, config) -> list[Pro
 
 
 def default_judges(loaded: LoadedRun) -> list[str]:
-    """The RM always; the gold judge where it was trained: the embedded task."""
-    return ["rm", "gold"] if loaded.config.data.dataset_name == "embedded" else ["rm"]
+    """The RM always; the gold judge on the built-in tasks, whose hidden queries it was trained on."""
+    return ["rm", "gold"] if loaded.config.data.dataset_name in BUILTIN_TASKS else ["rm"]
 
 
 def generate(loaded: LoadedRun, examples: list[PromptExample], judges: list[str], samples_per_prompt: int = 1,
              max_new_tokens: int | None = None, temperature: float | None = None, seed: int = 0) -> dict:
     """{"source", "prompts": [{"prompt", "policy": [answer], "reference": [answer]}]}; an answer is
     {"text", "stopped", "<judge>_score" for each judge}."""
-    if "gold" in judges and loaded.config.data.dataset_name != "embedded":
+    if "gold" in judges and loaded.config.data.dataset_name not in BUILTIN_TASKS:
         raise ValueError("the gold judge is trained on the embedded task's hidden queries only: use --judges rm")
     if "rm" in judges and loaded.config.model.reward_model_path:
         raise ValueError("this run's RM is a separate model (model.reward_model_path), which this script does not "

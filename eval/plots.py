@@ -67,3 +67,88 @@ def metric_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], metrics
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def probe_chart(result: dict, path: str | Path) -> Path:
+    """eval/rm_probe.py: held-out gold-minus-sample margin (bootstrap 95% CI) and judge agreement per RM setting,
+    the base RM as a dashed line."""
+    path = Path(path)
+    entries = result["sweep"]
+    names = [e["name"] for e in entries]
+    x = list(range(len(entries)))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.7 * len(entries) + 2), 7), sharex=True)
+    means = [e["heldout_gold_minus_sample"]["mean"] for e in entries]
+    lows = [m - e["heldout_gold_minus_sample"]["ci95"][0] for m, e in zip(means, entries)]
+    highs = [e["heldout_gold_minus_sample"]["ci95"][1] - m for m, e in zip(means, entries)]
+    top.errorbar(x, means, yerr=[lows, highs], fmt="o", capsize=3, label="refit RM")
+    base = result["base"]["heldout_gold_minus_sample"]
+    top.axhline(base["mean"], color="gray", linestyle="--", label="base RM")
+    top.axhspan(base["ci95"][0], base["ci95"][1], color="gray", alpha=0.15)
+    top.set_ylabel("held-out r(gold) - r(sample)")
+    top.legend(fontsize=8)
+    bottom.plot(x, [e["judge_agreement"]["accuracy"] for e in entries], "o", label="judge agreement (fresh pairs)")
+    bottom.plot(x, [e["human_pairs"]["accuracy"] for e in entries], "s", label="held-out pair accuracy")
+    bottom.axhline(result["base"]["judge_agreement"]["accuracy"], color="tab:blue", linestyle="--", alpha=0.6)
+    bottom.axhline(result["base"]["human_pairs"]["accuracy"], color="tab:orange", linestyle="--", alpha=0.6)
+    bottom.set_ylabel("accuracy")
+    bottom.set_xticks(x, names, rotation=40, ha="right", fontsize=8)
+    bottom.legend(fontsize=8)
+    fig.suptitle(f"RM probe: {result['policy']} policy, premise {result['premise_gold_win_rate']:.2f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def study_figures(runs: dict, result: dict, output_dir: str | Path) -> list[Path]:
+    """eval/study.py: frontier.png (gold gain over step 0 vs sqrt(KL) for every evaluation of every seed, one colour
+    per arm, with the arm's fitted Gao curve) and curves.png (gold score, RM score and the RM's agreement with the
+    judge vs step: mean over seeds with a min-max band)."""
+    import numpy as np
+
+    output_dir = Path(output_dir)
+    colours = dict(zip(sorted(runs), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
+    fig, axis = plt.subplots(figsize=(6, 4.5))
+    for arm, seed_runs in sorted(runs.items()):
+        top = 0.0
+        for evals in seed_runs.values():
+            d = np.sqrt(np.clip([r["eval/kl"] for r in evals], 0.0, None))
+            gold = np.array([r["eval/gold_score"] for r in evals])
+            axis.plot(d, gold - gold[0], "o", color=colours[arm], alpha=0.35, markersize=3)
+            top = max(top, float(d.max()))
+        fit = result["gao_fits"].get(arm, {})
+        if top > 0 and not math.isnan(fit.get("alpha", math.nan)):
+            grid = np.linspace(1e-3, top, 100)
+            second = grid * np.log(grid) if arm.endswith("ppo") else grid * grid
+            axis.plot(grid, fit["alpha"] * grid - fit["beta"] * second, "-", color=colours[arm], label=arm)
+    axis.axhline(0, color="gray", linewidth=0.8)
+    axis.set_xlabel("sqrt(KL to reference)")
+    axis.set_ylabel("gold score gain over step 0")
+    if axis.get_legend_handles_labels()[0]:  # fits need evaluations past step 0
+        axis.legend(fontsize=8)
+    axis.set_title("gold-vs-KL frontier (points: evaluations of every seed; lines: Gao et al. fits)", fontsize=9)
+    fig.tight_layout()
+    frontier = output_dir / "frontier.png"
+    fig.savefig(frontier, dpi=110)
+    plt.close(fig)
+    keys = [("eval/gold_score", "gold score"), ("eval/rm_score", "RM score of policy samples"),
+            ("eval/rm_accuracy_on_policy", "RM agreement with the judge (fresh pairs)")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8))
+    for axis, (key, label) in zip(axes, keys):
+        for arm, seed_runs in sorted(runs.items()):
+            steps = sorted({r["step"] for evals in seed_runs.values() for r in evals})
+            values = [[r.get(key, math.nan) for evals in seed_runs.values() for r in evals if r["step"] == s]
+                      for s in steps]
+            mean = [np.nanmean(v) if v else math.nan for v in values]
+            axis.plot(steps, mean, "o-", color=colours[arm], label=arm, markersize=3)
+            axis.fill_between(steps, [np.nanmin(v) for v in values], [np.nanmax(v) for v in values],
+                              color=colours[arm], alpha=0.15)
+        axis.set_title(label, fontsize=9)
+        axis.set_xlabel("policy step")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    curves = output_dir / "curves.png"
+    fig.savefig(curves, dpi=110)
+    plt.close(fig)
+    return [frontier, curves]

@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a file: import this checkout's packages,
 import torch  # noqa: E402
 
 from apo_online.data import PromptEncoder, PromptExample  # noqa: E402
-from apo_online.data_formats import convert_rows, load_task_data, read_rows  # noqa: E402
+from apo_online.data_formats import BUILTIN_TASKS, convert_rows, load_task_data, read_rows  # noqa: E402
 from apo_online.evaluation import reward_scores, sample_responses, win_rate  # noqa: E402
 from apo_online.gold_judge import load_gold_judge, question_text  # noqa: E402
 from apo_online.run_loading import LoadedRun, load_run  # noqa: E402
@@ -37,7 +37,7 @@ def load_prompts(prompts_file: str | None, config) -> list[PromptExample]:
     if prompts_file:
         records, _ = convert_rows(read_rows(prompts_file), "prompts", skip_bad_rows=False)
         return records
-    prompts = load_task_data(config.data, config.game.seed).eval_prompts
+    prompts = load_task_data(config.data, config.game.seed, config.model).eval_prompts
     if not prompts:
         raise ValueError("the run's task has no eval prompts: pass --prompts FILE")
     return prompts
@@ -53,7 +53,7 @@ def judge_functions(loaded: LoadedRun, judges: list[str]):
             loaded.backbone, prompt_ids, response_ids, pad_id)
     if "gold" in judges:
         data = loaded.config.data
-        pairs = None if data.dataset_name == "embedded" else load_task_data(data, loaded.config.game.seed).judge_pairs
+        pairs = None if data.dataset_name in BUILTIN_TASKS else load_task_data(data, loaded.config.game.seed).judge_pairs
         judge = load_gold_judge(pairs, loaded.config.model.cache_dir)
         functions["gold"] = lambda prompt_ids, questions, response_ids, texts: judge.score(questions, texts)
     return functions

@@ -40,7 +40,7 @@ def load_pairs(pairs_file: str | None, config) -> list[PreferencePair]:
         records, _ = convert_rows(read_rows(pairs_file), "auto", skip_bad_rows=False)
         pairs = [r for r in records if isinstance(r, PreferencePair)]
     else:
-        pairs = load_task_data(config.data, config.game.seed).eval_preference_pairs
+        pairs = load_task_data(config.data, config.game.seed, config.model).eval_preference_pairs
     if not pairs:
         raise ValueError("no preference pairs to evaluate: pass --pairs FILE (the run's task has no eval pairs)")
     return pairs

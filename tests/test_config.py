@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+import re
+
 import pytest
 
 from apo_online.config import Config, ConfigError, load_config
@@ -14,21 +16,21 @@ DEFAULT_YAML = REPO / "recipes/configs/apo_ppo.yaml"
 
 def test_precedence_yaml_then_config_file_then_cli(tmp_path):
     extra = tmp_path / "extra.yaml"
-    extra.write_text("game:\n  total_steps: 7\n  beta2: 0.5\nppo:\n  cliprange: 0.1\n")
+    extra.write_text("game:\n  total_steps: 7\nrm:\n  beta2: 0.5\nppo:\n  cliprange: 0.1\n")
     config = load_config(["--config", str(extra), "--game.total_steps", "9", "--kl_coef=0.2"],
                          default_yaml=DEFAULT_YAML)
     assert config.game.total_steps == 9  # CLI beats --config
-    assert config.game.beta2 == 0.5  # --config beats the recipe default
+    assert config.rm.beta2 == 0.5  # --config beats the recipe default
     assert config.optimizer_config("ppo").cliprange == 0.1
     assert config.optimizer_config("ppo").kl_coef == 0.2  # bare, unambiguous field name
     assert config.model.model_name_or_path == "smollm2-135m-instruct"  # recipe default kept
 
 
 def test_types_are_converted_and_none_accepted():
-    config = load_config(["--rollout.missing_eos_penalty", "none", "--game.rm_update_every", "3",
+    config = load_config(["--rollout.missing_eos_penalty", "none", "--rm.update_every", "3",
                           "--model.gradient_checkpointing", "true"])
     assert config.rollout.missing_eos_penalty is None
-    assert config.game.rm_update_every == 3 and isinstance(config.game.rm_update_every, int)
+    assert config.rm.update_every == 3 and isinstance(config.rm.update_every, int)
     assert config.model.gradient_checkpointing is True
 
 
@@ -83,8 +85,8 @@ def test_validate_unknown_optimizer_and_inconsistent_sizes():
     config = load_config(["--rollout.prompts_per_step", "6", "--ppo.num_minibatches", "4"])
     with pytest.raises(ConfigError, match="6 rollouts per process must divide evenly into .* = 4 micro-batches"):
         config.validate()
-    config = load_config(["--game.rm_mode", "sometimes"])
-    with pytest.raises(ConfigError, match="game.rm_mode must be 'refit' or 'continue'"):
+    config = load_config(["--rm.mode", "sometimes"])
+    with pytest.raises(ConfigError, match="rm.mode must be 'refit' or 'continue'"):
         config.validate()
     Config().validate()  # the defaults are consistent
 
@@ -97,3 +99,21 @@ def test_to_dict_round_trips_through_yaml(tmp_path):
     path.write_text(yaml.safe_dump(config.to_dict()))
     again = load_config(["--config", str(path)])
     assert again.to_dict() == config.to_dict()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--game.rm_update_every", "3"], "command line: game.rm_update_every moved to the rm: section; write rm.update_every"),
+    (["--rm_warmup_steps", "3"], "command line: --rm_warmup_steps moved to the rm: section; write --rm.warmup_steps"),
+    (["--game.beta2", "3"], "game.beta2 moved to the rm: section; write rm.beta2"),
+])
+def test_old_game_rm_keys_name_their_new_home(argv, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(argv)
+
+
+def test_old_game_rm_keys_in_yaml_name_their_new_home(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("game:\n  rm_learning_rate: 1.0e-5\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{old}: game.rm_learning_rate moved to the rm: section; "
+                                                    "write rm.learning_rate")):
+        load_config(["--config", str(old)])

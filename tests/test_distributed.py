@@ -24,7 +24,7 @@ def probe_args(output, num_processes: int) -> list[str]:
     return [str(output)] + tiny_overrides(output, **{
         "rollout.prompts_per_step": GLOBAL_PROMPTS // num_processes,  # same global batch for every setup
         "ppo.num_minibatches": 1, "ppo.gradient_accumulation_steps": 2, "ppo.ppo_epochs": 2,
-        "game.rm_steps_per_update": 2, "game.rm_learning_rate": 1e-3, "ppo.learning_rate": 1e-3,
+        "rm.steps_per_update": 2, "rm.learning_rate": 1e-3, "ppo.learning_rate": 1e-3,
         "game.cpu_threads": 1})
 
 

@@ -33,7 +33,7 @@ def test_compare_writes_summary_and_plots(compared):
     for png in ["curves.png"] + [f"reliability_{name}.png" for name in COMPARE_VARIANTS]:
         assert (output / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     frozen, apo = (summary["variants"][name] for name in COMPARE_VARIANTS)
-    assert frozen["config"]["game"]["rm_update_every"] == 0 and apo["config"]["game"]["rm_update_every"] == 1
+    assert frozen["config"]["rm"]["update_every"] == 0 and apo["config"]["rm"]["update_every"] == 1
     assert [step for step, _ in apo["curves"]["eval/gold_score"]] == [0, 1, 2]
     # at step 0 the policy is the reference and the eval seed is fixed: both variants start from the same point
     assert frozen["gold_score_step0"] == apo["gold_score_step0"]
@@ -126,7 +126,7 @@ def test_gold_judge_evaluations_do_not_change_training(compared, tmp_path):
     from eval.compare import _reset_accelerate
 
     output, _ = compared
-    config = load_config(tiny_overrides(tmp_path / "plain", **{"game.rm_update_every": 0,
+    config = load_config(tiny_overrides(tmp_path / "plain", **{"rm.update_every": 0,
                                                                 "data.num_eval_prompts": 4}),
                          default_yaml=REPO / "recipes/configs/apo_ppo.yaml")
     _reset_accelerate()

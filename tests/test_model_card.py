@@ -67,7 +67,7 @@ def test_the_card_says_what_was_trained_and_its_snippet_runs(finished_run):
     assert front_matter(card)["library_name"] == "peft" and "base_model" not in front_matter(card)  # no hub id
     assert "[More Information Needed]" not in card  # not peft's template
     for text in ("| `policy/` | the policy: answers prompts | `ppo` policy optimizer |",
-                 "| `reward/` | the APO reward model", "APO reward-model settings", "`game.rm_update_every` | 1 |",
+                 "| `reward/` | the APO reward model", "APO reward-model settings", "`rm.update_every` | 1 |",
                  "| `kl_coef` | 0.05 |", "the embedded task", "| `objective/scores` | 1 |", "| `data/train_prompts` | 0 | 64 |"):
         assert text in card, text
     snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
@@ -100,7 +100,9 @@ def test_a_built_in_base_model_is_named_by_its_hub_id_with_its_offline_copy(tmp_
 
 def test_apo_settings_come_from_an_rm_section_when_the_config_has_one(tmp_path):
     raw = smollm2_config(tmp_path)
-    assert apo_settings(raw)["game.beta2"] == 1.0 and "game.seed" not in apo_settings(raw)
+    old = {section: values for section, values in raw.items() if section != "rm"}  # saved before the rm: section
+    old["game"] = old["game"] | {"rm_update_every": 2, "beta2": 1.0}
+    assert apo_settings(old)["game.beta2"] == 1.0 and "game.seed" not in apo_settings(old)
     raw["rm"] = {"update_every": 2, "beta2": 0.5}
     assert apo_settings(raw) == {"rm.update_every": 2, "rm.beta2": 0.5}
     assert "| `rm.beta2` | 0.5 |" in render_card(raw, tmp_path, ("policy",), [], 1, True)

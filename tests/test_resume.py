@@ -41,7 +41,7 @@ def ok(result) -> None:
 
 def run_args(output, **extra) -> list[str]:
     values = {"game.total_steps": TOTAL_STEPS, "game.save_every": 2, "rollout.prompts_per_step": 2,
-              "game.rm_steps_per_update": 1, "ppo.num_minibatches": 1} | extra
+              "rm.steps_per_update": 1, "ppo.num_minibatches": 1} | extra
     return tiny_overrides(output, **values)
 
 

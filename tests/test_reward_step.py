@@ -14,7 +14,8 @@ def game_with_buffer(tiny_config, accelerator, **extra):
     positions = game.sampler.next_batch()
     rollout = collect_rollout(game.ctx, [game.prompts[i] for i in positions], positions, game.config.rollout,
                               game.spec, game.tokenizer)
-    game.buffer.add(rollout.prompt_index.tolist(), rollout.response_lists())
+    # step 0, every sample counted as finished (the tiny model rarely emits the stop token within 6 tokens)
+    game.buffer.add(rollout.prompt_index.tolist(), rollout.response_lists(), step=0)
     return game
 
 
@@ -27,11 +28,11 @@ def gap(game):
 
 
 def test_apo_step_widens_gold_minus_sample_gap(tiny_config, single_accelerator):
-    game = game_with_buffer(tiny_config, single_accelerator(), **{"game.rm_steps_per_update": 5,
-                                                                  "game.rm_learning_rate": 1e-3,
-                                                                  "game.rm_queries_per_step": 4})
+    game = game_with_buffer(tiny_config, single_accelerator(), **{"rm.steps_per_update": 5,
+                                                                  "rm.learning_rate": 1e-3,
+                                                                  "rm.queries_per_step": 4})
     before = gap(game)
-    metrics = game.rm_step.update(game.buffer)
+    metrics = game.rm_step.update(game.buffer, 0)
     after = gap(game)
     assert after > before + 0.05, (before, after)
     for key in ("rm/loss_apo", "rm/loss_pref", "rm/gold_minus_sample", "rm/pref_accuracy", "rm/loss"):
@@ -42,17 +43,17 @@ def test_rm_step_updates_only_the_reward_role(tiny_config, single_accelerator):
     game = game_with_buffer(tiny_config, single_accelerator())
     backbone = game.accelerator.unwrap_model(game.model)
     before = {role: [p.detach().clone() for p in backbone.role_parameters(role)] for role in ("policy", "value", "reward")}
-    game.rm_step.update(game.buffer)
+    game.rm_step.update(game.buffer, 0)
     for role, old in before.items():
         moved = any(not torch.equal(a, b) for a, b in zip(old, backbone.role_parameters(role)))
         assert moved == (role == "reward"), role
 
 
 def test_refit_mode_restarts_from_the_base_rm(tiny_config, single_accelerator):
-    game = game_with_buffer(tiny_config, single_accelerator(), **{"game.rm_mode": "refit"})
+    game = game_with_buffer(tiny_config, single_accelerator(), **{"rm.mode": "refit"})
     backbone = game.accelerator.unwrap_model(game.model)
     base = {n: v.clone() for n, v in game.rm_step.base_state.items()}
-    game.rm_step.update(game.buffer)
+    game.rm_step.update(game.buffer, 0)
     assert any(not torch.equal(p, base[n]) for n, p in backbone.named_parameters() if n in base)
     game.rm_step.restore_base()
     for name, param in backbone.named_parameters():
@@ -64,10 +65,10 @@ def test_refit_mode_restarts_from_the_base_rm(tiny_config, single_accelerator):
 
 
 def test_continue_mode_keeps_training(tiny_config, single_accelerator):
-    game = game_with_buffer(tiny_config, single_accelerator(), **{"game.rm_mode": "continue"})
-    game.rm_step.update(game.buffer)
+    game = game_with_buffer(tiny_config, single_accelerator(), **{"rm.mode": "continue"})
+    game.rm_step.update(game.buffer, 0)
     state = game.accelerator.unwrap_model(game.model).role_state_dict("reward")
-    game.rm_step.update(game.buffer)  # continues from `state`, does not return to the base RM first
+    game.rm_step.update(game.buffer, 0)  # continues from `state`, does not return to the base RM first
     restarted = {n: v for n, v in game.rm_step.base_state.items()}
     assert any(not torch.equal(state[n], restarted[n]) for n in state)
     assert game.ctx.role_optimizer.state  # Adam moments kept
@@ -84,13 +85,13 @@ def test_sample_buffer_is_fifo_and_round_trips():
 
 
 def test_micro_batched_rm_step_equals_one_batch(tiny_config, single_accelerator):
-    """game.rm_micro_batches splits an RM step into gradient-accumulated slices: same update, same metrics."""
+    """rm.micro_batches splits an RM step into gradient-accumulated slices: same update, same metrics."""
     results = []
     for parts in (1, 3):
-        game = game_with_buffer(tiny_config, single_accelerator(), **{"game.rm_micro_batches": parts,
-                                                                      "game.rm_queries_per_step": 4,
-                                                                      "game.rm_pairs_per_step": 5})
-        metrics = game.rm_step.update(game.buffer)
+        game = game_with_buffer(tiny_config, single_accelerator(), **{"rm.micro_batches": parts,
+                                                                      "rm.queries_per_step": 4,
+                                                                      "rm.pairs_per_step": 5})
+        metrics = game.rm_step.update(game.buffer, 0)
         results.append((metrics, game.accelerator.unwrap_model(game.model).role_state_dict("reward")))
     (whole, whole_weights), (sliced, sliced_weights) = results
     assert whole.keys() == sliced.keys()
@@ -107,9 +108,59 @@ def test_micro_batched_rm_step_equals_one_batch(tiny_config, single_accelerator)
 
 
 def test_rm_micro_batches_are_as_many_on_every_process_even_when_slices_are_empty(tiny_config, single_accelerator):
-    game = game_with_buffer(tiny_config, single_accelerator(), **{"game.rm_micro_batches": 3})
+    game = game_with_buffer(tiny_config, single_accelerator(), **{"rm.micro_batches": 3})
     groups = sorted(game.buffer.groups().items())[:1]
     slices = game.rm_step._micro_batches(groups, game.pairs[:1])
     assert len(slices) == 3
     assert sum(s[2] for s in slices) == 1.0 and sum(s[3] for s in slices) == 1.0  # each item counted once
     assert [(len(g), len(p), a, b) for g, p, a, b in slices][0] == (1, 1, 0.0, 0.0)  # the empty slice, zero-weighted
+
+
+def _rm_step(**rm_fields):
+    """An AdversarialRewardStep without a model: enough for choosing which buffered samples an update may use."""
+    from apo_online.config import RewardConfig
+    from apo_online.data import EncodedPrompt
+    from apo_online.reward import AdversarialRewardStep
+
+    prompts = [EncodedPrompt(i, [1, 2], gold_ids=[3, 9]) for i in range(4)]
+    prompts.append(EncodedPrompt(4, [1, 2], gold_ids=None))  # no gold: never in the APO term
+    return AdversarialRewardStep(None, RewardConfig(**rm_fields), prompts, [], scorer=None, seed=0)
+
+
+def test_sample_window_keeps_only_the_latest_policy_steps():
+    buffer = SampleBuffer(capacity=100)
+    for step in range(6):  # one sample of prompt step % 4 per policy step
+        buffer.add([step % 4], [[10 + step]], step=step)
+    fresh = _rm_step(sample_window=2, eos_only=False).fresh_groups(buffer, step=5)
+    assert fresh == [(0, [[14]]), (1, [[15]])]  # steps 4 and 5 only
+    everything = _rm_step(sample_window=0, eos_only=False).fresh_groups(buffer, step=5)
+    assert sum(len(s) for _, s in everything) == 6  # window 0: the whole buffer (the old behaviour)
+
+
+def test_eos_only_drops_samples_cut_at_max_new_tokens():
+    buffer = SampleBuffer(capacity=100)
+    buffer.add([0, 0, 1, 4], [[5, 9], [6], [7], [8, 9]], step=3, has_eos=[True, False, False, True])
+    assert _rm_step(sample_window=1, eos_only=True).fresh_groups(buffer, step=3) == [(0, [[5, 9]])]
+    assert _rm_step(sample_window=1, eos_only=False).fresh_groups(buffer, step=3) == [(0, [[5, 9], [6]]), (1, [[7]])]
+
+
+def test_offline_samples_stay_eligible_until_pushed_out():
+    buffer = SampleBuffer(capacity=3)
+    buffer.add([0], [[5]])  # an offline sample (data.seed_buffer_from_samples)
+    buffer.add([1], [[6]], step=7)
+    assert _rm_step(sample_window=1).fresh_groups(buffer, step=7) == [(0, [[5]]), (1, [[6]])]
+    buffer.add([2, 3], [[7], [8]], step=8)  # the FIFO pushes the offline sample out
+    assert _rm_step(sample_window=1).fresh_groups(buffer, step=8) == [(2, [[7]]), (3, [[8]])]
+
+
+def test_update_trains_on_the_fresh_window_only(tiny_config, single_accelerator):
+    game = game_with_buffer(tiny_config, single_accelerator(), **{"rm.sample_window": 1, "rm.eos_only": False})
+    stale = len(game.buffer)
+    game.buffer.add([0, 1], [[5], [6]], step=1)
+    metrics = game.rm_step.update(game.buffer, 1)
+    assert metrics["rm/fresh_samples"] == 2.0 and metrics["rm/buffer_size"] == stale + 2
+
+
+def test_warmup_covers_every_human_pair_once_by_default(tiny_config, single_accelerator):
+    game = game_with_buffer(tiny_config, single_accelerator(), **{"rm.warmup_steps": "null", "rm.pairs_per_step": 5})
+    assert game.rm_step.warmup_steps() == -(-len(game.pairs) // 5)  # ceil: every pair about once

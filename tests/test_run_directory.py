@@ -146,7 +146,7 @@ def test_the_recipe_refuses_to_start_over_a_finished_run_unless_told_to(tmp_path
     from conftest import tiny_overrides
 
     def run(**extra):
-        status = main(tiny_overrides(tmp_path, **({"game.total_steps": 0, "game.rm_warmup_steps": 1} | extra)),
+        status = main(tiny_overrides(tmp_path, **({"game.total_steps": 0, "rm.warmup_steps": 1} | extra)),
                       default_yaml=REPO / "recipes/configs/apo_ppo.yaml")
         return status, [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
 

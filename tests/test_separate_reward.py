@@ -41,8 +41,8 @@ def test_separate_reward_model_scores_rollouts_and_is_the_one_trained(tiny_confi
     assert prompts[0].messages[-1]["content"] in text and text.startswith("<|im_start|>user")
 
     game.rm_step.warmup(2)
-    game.buffer.add(rollout.prompt_index.tolist(), rollout.response_lists())
-    metrics = game.rm_step.update(game.buffer)
+    game.buffer.add(rollout.prompt_index.tolist(), rollout.response_lists(), step=0)
+    metrics = game.rm_step.update(game.buffer, 0)
     assert "rm/loss_apo" in metrics
     rm_after = game.scorer.weights()
     assert any(not torch.equal(rm_before[n], rm_after[n]) for n in rm_before)  # the separate RM learned

@@ -29,7 +29,7 @@ RECIPE = "recipes/apo_ppo.py"
 def run_args(output) -> list[str]:
     """A tiny game far too long to finish during the test: it only ends by being stopped."""
     return tiny_overrides(output, **{"game.total_steps": 500, "game.save_every": 0, "rollout.prompts_per_step": 2,
-                                     "game.rm_steps_per_update": 1, "ppo.num_minibatches": 1})
+                                     "rm.steps_per_update": 1, "ppo.num_minibatches": 1})
 
 
 def start(output: Path, num_processes: int = 1) -> subprocess.Popen:

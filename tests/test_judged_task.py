@@ -1,0 +1,72 @@
+"""The judge-labelled testbed (data.dataset_name: embedded_judged): gold is the judge's best candidate, RM pairs are
+labelled by the judge, the judge's own queries stay out, candidates are generated once per query and cached."""
+
+import pytest
+
+from apo_online import judged_task
+from apo_online.config import DataConfig, ModelConfig
+from apo_online.data_formats import load_task_data
+from apo_online.gold_judge import load_gold_judge, question_text
+
+
+@pytest.fixture(scope="module")
+def judge(apo_cache):
+    return load_gold_judge()
+
+
+@pytest.fixture
+def canned_samples(monkeypatch):
+    """Replace the model's sampling by fixed candidates per question, and count the questions sampled."""
+    calls = []
+
+    def fake(model, tokenizer, questions, seed):
+        calls.append(list(questions))
+        return [[f"{q} Yes, {q.lower()}", "the the the the", "I like electricity."] for q in questions]
+
+    monkeypatch.setattr(judged_task, "sample_candidates", fake)
+    return calls
+
+
+def test_gold_is_the_judges_best_candidate_and_pairs_follow_the_judge(tmp_path, tiny_model_path, judge,
+                                                                       canned_samples):
+    model = ModelConfig(model_name_or_path="tiny-llama", cache_dir=str(tmp_path))
+    task = judged_task.build_judged_task(model, DataConfig(max_prompts=3), judge=judge)
+    assert len(task.train_prompts) == 3 and task.eval_prompts and task.preference_pairs
+    for prompt in task.train_prompts + task.eval_prompts:
+        question = question_text(prompt.messages)
+        candidates = list(prompt.references) + [f"{question} Yes, {question.lower()}", "the the the the",
+                                                "I like electricity."]
+        scores = judge.score([question] * len(candidates), candidates).tolist()
+        assert prompt.gold == candidates[max(range(len(candidates)), key=scores.__getitem__)]
+        assert prompt.references  # the human replies are kept as references
+    for pair in task.preference_pairs + task.eval_preference_pairs:
+        question = question_text(pair.messages)
+        chosen, rejected = judge.score([question, question], [pair.chosen, pair.rejected]).tolist()
+        assert chosen > rejected
+    judge_queries = {p.prompt_id for p in task.judge_pairs}
+    seen = {p.prompt_id for p in task.train_prompts + task.eval_prompts + task.preference_pairs}
+    assert judge_queries and not judge_queries & seen  # the judge's reserved queries stay hidden from the RM
+
+
+def test_candidates_are_cached_and_only_missing_queries_are_sampled(tmp_path, tiny_model_path, judge, canned_samples):
+    model = ModelConfig(model_name_or_path="tiny-llama", cache_dir=str(tmp_path))
+    first = judged_task.build_judged_task(model, DataConfig(max_prompts=2), judge=judge)
+    sampled = sum(len(batch) for batch in canned_samples)
+    assert sampled == 2 + len(first.eval_prompts)  # policy and eval prompts, GENERATION_BATCH per call
+    assert max(len(batch) for batch in canned_samples) <= judged_task.GENERATION_BATCH
+    calls = len(canned_samples)
+    again = judged_task.build_judged_task(model, DataConfig(max_prompts=2), judge=judge)
+    assert len(canned_samples) == calls  # the second build came from the cache
+    assert [p.gold for p in again.train_prompts] == [p.gold for p in first.train_prompts]
+    judged_task.build_judged_task(model, DataConfig(max_prompts=4), judge=judge)
+    new_prompts = judged_task.build_embedded_task(0).train_prompts[2:4]
+    assert canned_samples[calls:] == [[question_text(p.messages) for p in new_prompts]]  # just the two new ones
+    assert judged_task.cache_path("tiny-llama", str(tmp_path)).is_file()
+
+
+def test_real_sampling_on_the_tiny_model_through_load_task_data(tmp_path, tiny_model_path):
+    data = DataConfig(dataset_name="embedded_judged", max_prompts=2, max_preference_pairs=2)
+    task = load_task_data(data, seed=0, model_config=ModelConfig(model_name_or_path="tiny-llama"))
+    assert len(task.train_prompts) == 2 and all(p.gold for p in task.train_prompts + task.eval_prompts)
+    with pytest.raises(ValueError, match="pass model_config"):
+        load_task_data(data)

@@ -1,0 +1,91 @@
+"""eval/study.py: the paired statistics and frontier reading by hand, merging partial studies, and a 2-arm x 2-seed
+x 2-step smoke on the tiny model."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import tiny_overrides
+
+
+def _evals(kls, golds, start_step=0):
+    return [{"step": start_step + k, "eval/kl": kl, "eval/gold_score": g, "eval/rm_accuracy_on_policy": 0.5}
+            for k, (kl, g) in enumerate(zip(kls, golds))]
+
+
+def test_gold_at_reads_the_frontier_by_linear_interpolation():
+    from eval.study import gold_at
+
+    evals = _evals([0.0, 1.0, 4.0], [-4.0, -3.0, -3.5])  # sqrt(KL) 0, 1, 2; gains 0, 1, 0.5
+    assert gold_at(evals, 0.5) == pytest.approx(0.5)
+    assert gold_at(evals, 1.5) == pytest.approx(0.75)
+    assert math.isnan(gold_at(evals, 3.0))  # never reached
+
+
+def test_gao_fit_recovers_known_coefficients():
+    from eval.study import fit_gao
+
+    d = np.linspace(0.1, 3, 20)
+    assert fit_gao(d, d * (1.5 - 0.4 * np.log(d)), "rl") == pytest.approx((1.5, 0.4))
+    assert fit_gao(d, d * (0.8 - 0.2 * d), "bon") == pytest.approx((0.8, 0.2))
+
+
+def test_paired_summary_by_hand():
+    from eval.study import summarise
+
+    runs = {"apo_ppo": {s: _evals([0.0, 1.0], [-4.0, -4.0 + g]) for s, g in zip(range(1, 6), [1, 2, 3, 4, 5])},
+            "frozen_ppo": {s: _evals([0.0, 1.0], [-4.0, -4.0]) for s in range(1, 6)}}
+    result = summarise(runs)
+    final = result["paired"]["apo_ppo-frozen_ppo"]
+    half = 2.776445 * math.sqrt(2.5) / math.sqrt(5)  # d = 1..5: mean 3, sd sqrt(2.5), t_{4, 0.975}
+    assert final["mean"] == pytest.approx(3.0) and final["ci95"] == pytest.approx([3 - half, 3 + half], abs=1e-5)
+    assert final["n_seeds"] == 5 and final["sign_test_p"] == pytest.approx(2 / 32)
+    assert final["min_detectable_effect"] == pytest.approx((2.776445 + 0.841621) * math.sqrt(2.5) / math.sqrt(5),
+                                                           abs=1e-4)
+    assert result["frontier"]["apo_ppo-frozen_ppo"]["mean"] == pytest.approx(3.0)  # both reach sqrt(KL) = 1
+    assert result["arms"]["apo_ppo"]["final_gold"] == [-3.0, -2.0, -1.0, 0.0, 1.0]
+
+
+def _write_run(root, arm, seed, evals):
+    folder = root / arm / f"seed_{seed}"
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
+
+
+def test_partial_studies_merge_and_a_seed_twice_is_refused(tmp_path):
+    from eval.study import load_runs
+
+    _write_run(tmp_path / "a", "apo_ppo", 1, _evals([0.0, 1.0], [-4.0, -3.0]))
+    _write_run(tmp_path / "b", "apo_ppo", 2, _evals([0.0, 1.0], [-4.0, -3.5]))
+    _write_run(tmp_path / "b", "frozen_ppo", 1, _evals([0.0, 1.0], [-4.0, -3.9]))
+    runs = load_runs([tmp_path / "a", tmp_path / "b"])
+    assert sorted(runs["apo_ppo"]) == [1, 2] and sorted(runs["frozen_ppo"]) == [1]
+    _write_run(tmp_path / "c", "apo_ppo", 1, _evals([0.0], [-4.0]))
+    with pytest.raises(SystemExit, match="apo_ppo seed 1 is in two"):
+        load_runs([tmp_path / "a", tmp_path / "c"])
+
+
+@pytest.mark.slow
+def test_two_arms_two_seeds_two_steps_on_the_tiny_model(tmp_path, tiny_model_path):
+    from eval import study
+
+    overrides = tiny_overrides(tmp_path / "unused", **{"game.eval_every": 1, "data.num_eval_prompts": 3,
+                                                       "game.save_every": 1})
+    overrides = [a for k, v in zip(overrides[::2], overrides[1::2]) if k != "--game.output_dir" for a in (k, v)]
+    args = ["--output_dir", str(tmp_path / "runs"), "--arms", "frozen_ppo,apo_ppo", "--seeds", "1,2", "--jobs", "2"]
+    study.main(["run"] + args + overrides)
+    assert all(study.finished(tmp_path / "runs" / arm / f"seed_{s}") for arm in ("frozen_ppo", "apo_ppo")
+               for s in (1, 2))
+    result = study.main(["summarise", "--output_dir", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"),
+                         "--arms", "frozen_ppo,apo_ppo"])
+    assert result["arms"]["apo_ppo"]["seeds"] == [1, 2] and result["arms"]["frozen_ppo"]["final_step"] == [2, 2]
+    assert result["arms"]["apo_ppo"]["eval_steps"] == [[0, 1, 2], [0, 1, 2]]  # game.eval_at_start: step 0 too
+    assert result["paired"]["apo_ppo-frozen_ppo"]["n_seeds"] == 2
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(on_disk) >= {"arms", "paired", "frontier", "gao_fits"}
+    for png in ("frontier.png", "curves.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
+    study.main(["run"] + args + overrides)  # everything finished: nothing is played again
+    assert len(list((tmp_path / "runs" / "apo_ppo" / "seed_1" / "checkpoints").iterdir())) >= 2
