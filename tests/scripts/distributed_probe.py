@@ -50,7 +50,8 @@ def fix_rm_batches(game, rollout: Rollout, rows: slice) -> None:
     responses = rollout.response_lists()
     groups = [(int(rollout.prompt_index[i]), [responses[i]]) for i in range(len(rollout))][rows]
     pairs = game.pairs[: len(rollout)][rows]
-    game.rm_step._draw_groups = lambda buffer: groups
+    game.rm_step.fresh_groups = lambda buffer, step: groups
+    game.rm_step._draw_groups = lambda fresh: fresh
     game.rm_step._draw_pairs = lambda: pairs
 
 
@@ -68,7 +69,7 @@ def main(out: Path, argv: list[str]) -> None:
     metrics["ppo"] = game.metrics_log.log(game.policy_optimizer.step(local), step=1)
     weights["ppo"] = ctx.read_weights()
     for phase in ("rm", "rm_again"):
-        metrics[phase] = game.metrics_log.log(game.rm_step.update(game.buffer), step=1)
+        metrics[phase] = game.metrics_log.log(game.rm_step.update(game.buffer, 0), step=1)
         weights[phase] = ctx.read_weights()
 
     path = save_checkpoint(game, step=1)
