@@ -30,9 +30,11 @@ NAME` builds it ahead of a run.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +58,8 @@ SYSTEM_PROMPT = "Answer in one short sentence."
 MAX_PROMPT_TOKENS = 64
 GENERATION_BATCH = 32  # prompts per generate call
 RECIPE_MAX_PROMPTS = 192  # data.max_prompts of the recipes on this testbed: what the shipped build covers
-SHIPPED = Path(__file__).parent / "testbeds"  # prebuilt candidate files, named as in the cache
+SHIPPED = Path(__file__).parent / "testbeds"  # prebuilt candidate and label files, named as in the cache
+LABELS_FILE = f"judge-labels-{JUDGE_VERSION}.json"  # pair content hash -> the judge prefers the rejected one
 
 
 @dataclass
@@ -106,10 +109,11 @@ def sample_candidates(model, tokenizer, questions: list[str], seed: int) -> list
     return out
 
 
-def build_candidates(model_config, queries: dict[str, list[str]], judge=None) -> dict[str, Candidates]:
+def build_candidates(model_config, queries: dict[str, list[str]], judge: Callable) -> dict[str, Candidates]:
     """question -> Candidates for every question of `queries` (question -> human replies): from the cache, sampling
     and judging only the questions it lacks, GENERATION_BATCH at a time, each batch saved as soon as it is done
-    (an interrupted build resumes where it stopped)."""
+    (an interrupted build resumes where it stopped). judge: () -> the gold judge, called only when something is
+    missing."""
     path = cache_path(model_config.model_name_or_path, model_config.cache_dir)
     with file_lock(path.with_suffix(".lock")):
         source = path if path.is_file() else SHIPPED / path.name  # the shipped build for the default model
@@ -120,14 +124,13 @@ def build_candidates(model_config, queries: dict[str, list[str]], judge=None) ->
                 "building the judge-labelled testbed for %d queries (one-off, cached in %s): sampling %d candidates "
                 "per query from %s", len(missing), path, len(TEMPERATURES) * SAMPLES_PER_TEMPERATURE,
                 model_config.model_name_or_path)
-            judge = judge or load_gold_judge(cache_dir=model_config.cache_dir)
             model, tokenizer = load_causal_lm(model_config)
             model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
             for start in tqdm(range(0, len(missing), GENERATION_BATCH), desc="testbed candidates"):
                 batch = missing[start: start + GENERATION_BATCH]
                 seed = int(hashlib.sha256("\n".join(batch).encode()).hexdigest()[:8], 16)
                 sampled = sample_candidates(model, tokenizer, batch, seed)
-                cached.update({q: _judged(q, queries[q], s, judge) for q, s in zip(batch, sampled)})
+                cached.update({q: _judged(q, queries[q], s, judge()) for q, s in zip(batch, sampled)})
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(cached, ensure_ascii=False), encoding="utf-8")
                 tmp.rename(path)
@@ -140,13 +143,31 @@ def _judged(question: str, humans: list[str], sampled: list[str], judge) -> dict
             "human": len(humans)}
 
 
-def judge_labelled(pairs: list[PreferencePair], judge) -> list[PreferencePair]:
-    """The pairs with chosen and rejected swapped wherever the judge prefers the rejected one (ties kept as built)."""
-    questions = [question_text(p.messages) for p in pairs]
-    chosen = judge.score(questions, [p.chosen for p in pairs]).tolist() if pairs else []
-    rejected = judge.score(questions, [p.rejected for p in pairs]).tolist() if pairs else []
-    return [p if c >= r else PreferencePair(p.prompt_id, p.messages, p.rejected, p.chosen)
-            for p, c, r in zip(pairs, chosen, rejected)]
+def _pair_key(pair: PreferencePair) -> str:
+    content = json.dumps([question_text(pair.messages), pair.chosen, pair.rejected])
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
+def judge_labelled(pairs: list[PreferencePair], judge: Callable, cache_dir: str | None = None) -> list[PreferencePair]:
+    """The pairs with chosen and rejected swapped wherever the judge prefers the rejected one (ties kept as built).
+    The judge's verdicts are cached by pair content (LABELS_FILE, shipped for the embedded task's pairs), so a run
+    needs the judge (judge: () -> it) only for pairs never labelled before."""
+    path = cache_root(cache_dir) / LABELS_FILE
+    keys = [_pair_key(p) for p in pairs]
+    with file_lock(path.with_suffix(".lock")):
+        source = path if path.is_file() else SHIPPED / LABELS_FILE
+        swapped = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else {}
+        missing = [(k, p) for k, p in zip(keys, pairs) if k not in swapped]
+        if missing:
+            questions = [question_text(p.messages) for _, p in missing]
+            chosen = judge().score(questions, [p.chosen for _, p in missing]).tolist()
+            rejected = judge().score(questions, [p.rejected for _, p in missing]).tolist()
+            swapped.update({k: r > c for (k, _), c, r in zip(missing, chosen, rejected)})
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(swapped), encoding="utf-8")
+            tmp.rename(path)
+    return [PreferencePair(p.prompt_id, p.messages, p.rejected, p.chosen) if swapped[k] else p
+            for k, p in zip(keys, pairs)]
 
 
 def build_judged_task(model_config, data_config, seed: int = 0, judge=None) -> TaskData:
@@ -154,15 +175,15 @@ def build_judged_task(model_config, data_config, seed: int = 0, judge=None) -> T
     can use: the first data.max_prompts policy prompts and every eval prompt."""
     base = build_embedded_task(seed)
     policy = base.train_prompts[: data_config.max_prompts] if data_config.max_prompts else base.train_prompts
-    judge = judge or load_gold_judge(cache_dir=model_config.cache_dir)
+    judge_once = functools.cache(lambda: judge or load_gold_judge(cache_dir=model_config.cache_dir))
     candidates = build_candidates(model_config, {question_text(p.messages): p.references
-                                                 for p in base.eval_prompts + policy}, judge)
+                                                 for p in base.eval_prompts + policy}, judge_once)
+    label = lambda pairs: judge_labelled(pairs, judge_once, model_config.cache_dir)  # noqa: E731
     with_gold = lambda prompts: [PromptExample(p.prompt_id, p.messages,  # noqa: E731
                                                gold=candidates[question_text(p.messages)].best(),
                                                references=list(p.references)) for p in prompts]
-    return TaskData(train_prompts=with_gold(policy), preference_pairs=judge_labelled(base.preference_pairs, judge),
-                    eval_prompts=with_gold(base.eval_prompts),
-                    eval_preference_pairs=judge_labelled(base.eval_preference_pairs, judge),
+    return TaskData(train_prompts=with_gold(policy), preference_pairs=label(base.preference_pairs),
+                    eval_prompts=with_gold(base.eval_prompts), eval_preference_pairs=label(base.eval_preference_pairs),
                     judge_pairs=base.judge_pairs)
 
 

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
         entry |= heldout.measure(game)
         result["sweep"].append(entry)
         print(format_row(entry), flush=True)
-    result["refit"] = result["sweep"][0]
+    result["refit"] = recipe_refit(result["sweep"], overrides)
     result["wall_s"] = time.perf_counter() - started
     output.mkdir(parents=True, exist_ok=True)
     (output / "rm_probe.json").write_text(json.dumps(result, indent=1))
@@ -246,6 +246,13 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"premise: judge prefers gold to the reference sample on {result['premise_gold_win_rate']:.3f} of "
           f"{len(train)} policy prompts ({heldout.premise:.3f} of held-out samples); wrote {output}/rm_probe.json")
     return result
+
+
+def recipe_refit(sweep: list[dict], overrides: list[str]) -> dict:
+    """The sweep entry played with the recipe's rm settings as they are when the probe ends (the recipe may have
+    been given new defaults, chosen on a validation probe, while this one ran); else the first entry."""
+    current = dataclasses.asdict(load_config(overrides, default_yaml=RECIPE_YAML).rm)
+    return next((e for e in sweep if e["settings"] == current and e["updates"] == 1), sweep[0])
 
 
 def format_row(entry: dict) -> str:

@@ -48,17 +48,25 @@ def test_gold_is_the_judges_best_candidate_and_pairs_follow_the_judge(tmp_path, 
     assert judge_queries and not judge_queries & seen  # the judge's reserved queries stay hidden from the RM
 
 
-def test_candidates_are_cached_and_only_missing_queries_are_sampled(tmp_path, tiny_model_path, judge, canned_samples):
+def test_candidates_are_cached_and_only_missing_queries_are_sampled(tmp_path, tiny_model_path, judge, canned_samples,
+                                                                    monkeypatch):
     model = ModelConfig(model_name_or_path="tiny-llama", cache_dir=str(tmp_path))
     first = judged_task.build_judged_task(model, DataConfig(max_prompts=2), judge=judge)
     sampled = sum(len(batch) for batch in canned_samples)
     assert sampled == 2 + len(first.eval_prompts)  # policy and eval prompts, GENERATION_BATCH per call
     assert max(len(batch) for batch in canned_samples) <= judged_task.GENERATION_BATCH
     calls = len(canned_samples)
-    again = judged_task.build_judged_task(model, DataConfig(max_prompts=2), judge=judge)
+    def no_judge(**_):
+        raise AssertionError("everything is cached: the judge must not be needed")
+
+    monkeypatch.setattr(judged_task, "load_gold_judge", no_judge)
+    again = judged_task.build_judged_task(model, DataConfig(max_prompts=2))  # candidates and pair labels cached
     assert len(canned_samples) == calls  # the second build came from the cache
+    assert [(p.chosen, p.rejected) for p in again.preference_pairs] == \
+        [(p.chosen, p.rejected) for p in first.preference_pairs]
     assert [p.gold for p in again.train_prompts] == [p.gold for p in first.train_prompts]
     judged_task.build_judged_task(model, DataConfig(max_prompts=4), judge=judge)
+    assert judged_task.cache_root(str(tmp_path)).joinpath(judged_task.LABELS_FILE).is_file()
     new_prompts = judged_task.build_embedded_task(0).train_prompts[2:4]
     assert canned_samples[calls:] == [[question_text(p.messages) for p in new_prompts]]  # just the two new ones
     assert judged_task.cache_path("tiny-llama", str(tmp_path)).is_file()
