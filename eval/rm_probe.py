@@ -60,6 +60,22 @@ def sweep_settings(kind: str) -> list[dict]:
     what `continue` accumulates; refit restarts every time, so one is enough)."""
     if kind == "default":
         return []
+    if kind == "report":  # beside the recipe default: the previous default and two controls of the chosen one
+        return [
+            {"name": "previous default (steps 2, window 2)", "rm": {"steps_per_update": 2, "sample_window": 2}},
+            {"name": "recipe, apo 0 (pairs only)", "rm": {"apo_coeff": 0.0}},
+            {"name": "recipe, no eos guard", "rm": {"eos_only": False}},
+        ]
+    if kind == "strong":  # longer, faster refits on more fresh samples
+        return [
+            {"name": "steps 16, lr 3e-4", "rm": {"steps_per_update": 16, "learning_rate": 3e-4}},
+            {"name": "steps 16, lr 3e-4, window 8", "rm": {"steps_per_update": 16, "learning_rate": 3e-4,
+                                                           "sample_window": 8}},
+            {"name": "steps 32, lr 3e-4, window 8", "rm": {"steps_per_update": 32, "learning_rate": 3e-4,
+                                                           "sample_window": 8}},
+            {"name": "steps 16, lr 3e-4, window 8, no eos guard", "rm": {"steps_per_update": 16, "learning_rate": 3e-4,
+                                                                         "sample_window": 8, "eos_only": False}},
+        ]
     return [
         {"name": "steps 2", "rm": {"steps_per_update": 2}},
         {"name": "steps 8", "rm": {"steps_per_update": 8}},
@@ -86,7 +102,9 @@ def parse_args(argv: list[str] | None):
                         help="eval: the task's eval prompts (report); validation: the policy prompts after the "
                              "train prompts (choose settings there, then report on eval)")
     parser.add_argument("--max_heldout_prompts", type=int, default=None, help="default: all of them")
-    parser.add_argument("--sweep", choices=("full", "default"), default="full")
+    parser.add_argument("--sweep", choices=("full", "strong", "report", "default"), default="full",
+                        help="full: one knob at a time; strong: longer, faster refits on more samples; report: the "
+                             "previous default and two controls of the recipe's; default: the recipe's alone")
     parser.add_argument("--base_rm", default=None, help="base_rm.pt of an earlier probe with the same settings: "
                         "skips the warm-up")
     return parser.parse_known_args(argv)
