@@ -66,7 +66,7 @@ def test_candidates_are_cached_and_only_missing_queries_are_sampled(tmp_path, ti
         [(p.chosen, p.rejected) for p in first.preference_pairs]
     assert [p.gold for p in again.train_prompts] == [p.gold for p in first.train_prompts]
     judged_task.build_judged_task(model, DataConfig(max_prompts=4), judge=judge)
-    assert judged_task.cache_root(str(tmp_path)).joinpath(judged_task.LABELS_FILE).is_file()
+    assert (judged_task.SHIPPED / judged_task.LABELS_FILE).is_file()  # the embedded pairs' labels ship: no judge call
     new_prompts = judged_task.build_embedded_task(0).train_prompts[2:4]
     assert canned_samples[calls:] == [[question_text(p.messages) for p in new_prompts]]  # just the two new ones
     assert judged_task.cache_path("tiny-llama", str(tmp_path)).is_file()
