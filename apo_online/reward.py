@@ -229,7 +229,7 @@ class AdversarialRewardStep:
 
     # ---------------------------------------------------------------------------------------------------------------
     def warmup_steps(self) -> int:
-        """rm.warmup_steps, or when null one pass over the human pairs: every pair seen about once, over all processes."""
+        """rm.warmup_steps, or when null one pass over the human pairs (each seen about once, over all processes)."""
         if self.cfg.warmup_steps is not None:
             return self.cfg.warmup_steps
         per_step = max(1, min(self.cfg.pairs_per_step, len(self.pairs))) * self.ctx.accelerator.num_processes

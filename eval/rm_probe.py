@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
               "premise_n_prompts": len(train), "premise_gold_win_rate_heldout": heldout.premise,
               "train_samples": {"n": len(samples.response_ids), "eos_fraction": samples.has_eos.float().mean().item(),
                                 "pseudo_steps": last_step + 1},
-              "heldout": {"split": args.heldout, "prompts": len(heldout.prompts), "samples": len(heldout.samples.response_ids),
+              "heldout": {"split": args.heldout, "prompts": len(heldout.prompts),
+                          "samples": len(heldout.samples.response_ids),
                           "eos_fraction": heldout.samples.has_eos.float().mean().item()},
               "rm_config": dataclasses.asdict(base_rm), "base": heldout.measure(game)}
     settings = [{"name": "recipe default", "rm": {}}] + sweep_settings(args.sweep)

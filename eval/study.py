@@ -58,7 +58,8 @@ def run_command(arm: str, seed: int, folder: Path, threads: int, overrides: list
             "--game.output_dir", str(folder), "--game.seed", str(seed), "--game.gold_judge", "true",
             "--game.eval_at_start", "true", "--game.cpu_threads", str(threads),
             # resume from the run's latest checkpoint; a run stopped before its first one starts over
-            "--game.resume_from_checkpoint", "latest", "--game.overwrite_output_dir", "true"] + arm_overrides + overrides
+            "--game.resume_from_checkpoint", "latest", "--game.overwrite_output_dir", "true",
+            *arm_overrides, *overrides]
 
 
 def finished(folder: Path) -> bool:
