@@ -49,6 +49,7 @@ from apo_online.gold_judge import load_gold_judge, question_text  # noqa: E402
 from apo_online.reward import SampleBuffer  # noqa: E402
 from apo_online.run_loading import find_adapters  # noqa: E402
 from apo_online.statistics import bootstrap_mean_ci  # noqa: E402
+from eval.compare import human_pair_metrics  # noqa: E402
 from eval.plots import probe_chart  # noqa: E402
 
 RECIPE_YAML = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "apo_ppo.yaml"
@@ -156,7 +157,6 @@ class HeldOut:
                      for i in self.samples.prompt_positions]
         self.pairs = judged_pairs(judge.score(questions, self.samples.texts), self.samples.prompt_positions)
         self.premise = premise(judge, examples, self.prompts, self.samples)
-        self.human_pairs = game.eval_pairs
 
     def measure(self, game: APOGame) -> dict:
         prompts, s = self.prompts, self.samples
@@ -171,12 +171,8 @@ class HeldOut:
         worse = sample_scores[[b for _, b in self.pairs]]
         result["judge_agreement"] = {"accuracy": preference_accuracy(better, worse),
                                      "ece": pair_calibration(better, worse).ece, "n_pairs": len(self.pairs)}
-        pairs = self.human_pairs
-        chosen = scorer_scores(game.scorer, [p.prompt_ids for p in pairs], [p.messages for p in pairs],
-                               [p.chosen_ids for p in pairs])
-        rejected = scorer_scores(game.scorer, [p.prompt_ids for p in pairs], [p.messages for p in pairs],
-                                 [p.rejected_ids for p in pairs])
-        result["human_pairs"] = {"accuracy": preference_accuracy(chosen, rejected), "n_pairs": len(pairs)}
+        human = human_pair_metrics(game)  # the game's RM on every held-out eval pair, as compare.py reports it
+        result["human_pairs"] = {"accuracy": human["rm_accuracy_on_human_pairs"], "n_pairs": human["human_pairs"]}
         return result
 
     def _margin(self, gold_scores, sample_scores, keep) -> dict:
