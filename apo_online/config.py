@@ -108,6 +108,10 @@ class RewardConfig:
     # Bradley-Terry steps on human pairs before the game (the base RM). None: one pass over the human pairs
     # (ceil(pairs / (pairs_per_step * processes)) steps); 0: no warm-up.
     warmup_steps: int | None = None
+    # Reuse the base RM of an earlier run whose warm-up had exactly the same inputs (initial reward weights, human
+    # pairs, these settings, seed), cached under the cache root (apo_online/warmup_cache.py): the arms of a study that
+    # share a seed warm up once. One process only; the run goes on exactly as if it had warmed up itself.
+    warmup_cache: bool = False
 
 
 @dataclass

@@ -43,6 +43,7 @@ from apo_online.run_directory import claim_run_directory
 from apo_online.run_log import MetricsLog
 from apo_online.stopping import StopRequests
 from apo_online.training import NonFiniteUpdates, RoleAdamW, TrainingContext
+from apo_online.warmup_cache import warm_up_reward_model
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class APOGame:
     def _play(self) -> dict[str, float]:
         g = self.config.game
         if not self.warmed_up:  # 0. RM warm-up
-            warmup = self.rm_step.warmup(show_progress=self.accelerator.is_main_process)
+            warmup = warm_up_reward_model(self, show_progress=self.accelerator.is_main_process)
             start = self.evaluate() if g.eval_at_start else {}  # the policy is still the reference here
             self._log(warmup | self.data_metrics() | start, step=0)
             self.warmed_up = True
