@@ -9,6 +9,7 @@ Derived sizes are checked once, in `Config.validate`, with messages that name th
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -112,6 +113,10 @@ class RewardConfig:
     # pairs, these settings, seed), cached under the cache root (apo_online/warmup_cache.py): the arms of a study that
     # share a seed warm up once. One process only; the run goes on exactly as if it had warmed up itself.
     warmup_cache: bool = False
+    # A game whose RM would be untrained when the policy starts (no human pairs, rm.warmup_steps 0, no
+    # model.reward_model_path) stops before loading the model, unless this is true (then it warns, and logs
+    # rm/untrained_at_start = 1): for an RM meant to learn from the APO term alone.
+    allow_untrained: bool = False
 
 
 @dataclass
@@ -274,7 +279,8 @@ def _section(config: Config, name: str, source: str) -> Any:
     )
 
 
-def load_yaml(path: str | Path, config: Config | None = None) -> Config:
+def load_yaml(path: str | Path, config: Config | None = None, sections: set[str] | None = None) -> Config:
+    """Apply a YAML file's sections to config (a fresh one if None); their names are added to `sections`."""
     config = config or Config()
     path = Path(path)
     if not path.is_file():
@@ -289,6 +295,8 @@ def load_yaml(path: str | Path, config: Config | None = None) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: section {name!r} must be a mapping, got {values!r}")
         _apply(_section(config, name, str(path)), values, name, str(path))
+        if sections is not None:
+            sections.add(name)
     return config
 
 
@@ -328,12 +336,13 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str]]]
 def load_config(argv: list[str] | None = None, default_yaml: str | Path | None = None) -> Config:
     """Build the config: dataclass defaults < default_yaml < --config file < CLI overrides."""
     config_path, pairs = parse_overrides(list(argv or []))
-    config = Config()
+    config, yaml_sections = Config(), set()
     if default_yaml is not None:
-        load_yaml(default_yaml, config)
+        load_yaml(default_yaml, config, yaml_sections)
     if config_path is not None:
-        load_yaml(config_path, config)
+        load_yaml(config_path, config, yaml_sections)
     index = _field_index(config)
+    cli_sections: dict[str, str] = {}  # section -> the first flag that set it
     for key, value in pairs:
         if "." in key:
             section_name, field_name = key.split(".", 1)
@@ -346,4 +355,20 @@ def load_config(argv: list[str] | None = None, default_yaml: str | Path | None =
                 raise ConfigError(f"command line: --{key}: {hint}")
             section_name, field_name = owners[0], key
         _apply(_section(config, section_name, "command line"), {field_name: value}, section_name, "command line")
+        cli_sections.setdefault(section_name, f"--{key}")
+    _check_optimizer_sections(config, cli_sections, yaml_sections)
     return config
+
+
+def _check_optimizer_sections(config: Config, cli_sections: dict[str, str], yaml_sections: set[str]) -> None:
+    """Flags for an optimizer the game does not run are a mistake (the user forgot --game.policy_optimizer): refused.
+    Such sections in a YAML file are allowed (one file shared by several recipes) but listed in a warning."""
+    selected = config.game.policy_optimizer
+    for section, flag in cli_sections.items():
+        if section not in Config.CORE_SECTIONS and section != selected:
+            raise ConfigError(f"command line: {flag} sets the {section} optimizer, but this game runs "
+                              f"game.policy_optimizer={selected}; add --game.policy_optimizer {section} or drop {flag}")
+    unused = sorted(name for name in yaml_sections - set(Config.CORE_SECTIONS) if name != selected)
+    if unused:
+        logging.getLogger(__name__).warning("config sections %s are ignored: this game runs game.policy_optimizer=%s",
+                                            ", ".join(f"{n}:" for n in unused), selected)

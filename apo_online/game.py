@@ -36,7 +36,7 @@ from apo_online.distributed import make_accelerator
 from apo_online.model_card import write_model_card
 from apo_online.model_loading import load_causal_lm
 from apo_online.optimizers.base import build_policy_optimizer
-from apo_online.reward import AdversarialRewardStep, SampleBuffer, encode_pairs
+from apo_online.reward import AdversarialRewardStep, SampleBuffer, encode_pairs, untrained_rm_reason
 from apo_online.reward_model import SeparateRewardScorer, SharedRewardScorer, load_separate_reward_model
 from apo_online.rollout import collect_rollout
 from apo_online.run_directory import claim_run_directory
@@ -64,13 +64,15 @@ class APOGame:
 
     def _setup(self, task: TaskData | None) -> None:
         config = self.config
+        self.task = task or load_task_data(config.data, config.game.seed, config.model)
+        self.untrained_rm = untrained_rm_reason(config, self.task)  # checked before the model loads
         set_seed(config.game.seed)  # identical initial weights on every process
         self.policy_optimizer = build_policy_optimizer(config)
         self.spec = self.policy_optimizer.rollout_spec()
         if self.spec.samples_per_prompt is None:
             self.spec = dataclasses.replace(self.spec, samples_per_prompt=config.rollout.samples_per_prompt)
         self._build_model()
-        self._build_data(task)
+        self._build_data()
         self.buffer = SampleBuffer(config.rm.buffer_size)
         if config.data.seed_buffer_from_samples:  # offline samples of an APO samples file (hh_apo_formats.py)
             self.buffer.add_offline_samples(self.encoder, self.prompts, self.task.train_prompts)
@@ -117,9 +119,8 @@ class APOGame:
         else:
             self.scorer = SeparateRewardScorer(self.ctx, self.reward_model, rm_tokenizer, self.tokenizer)
 
-    def _build_data(self, task: TaskData | None) -> None:
+    def _build_data(self) -> None:
         dc = self.config.data
-        self.task = task or load_task_data(dc, self.config.game.seed, self.config.model)
         self.encoder = PromptEncoder(self.tokenizer, dc.max_prompt_tokens, dc.prompt_overflow, dc.max_response_tokens,
                                      dc.system_prompt)
         try:
@@ -244,7 +245,8 @@ class APOGame:
                 "data/prompts_truncated": float(self.encoder.truncated_prompts),
                 "data/prompts_rejected": float(self.encoder.rejected_prompts),
                 "data/skipped_rows": float(self.task.skipped_rows),
-                "data/empty_responses": float(self.task.empty_responses())}
+                "data/empty_responses": float(self.task.empty_responses()),
+                "rm/untrained_at_start": float(self.untrained_rm is not None)}
 
     def _log(self, metrics: dict[str, float], step: int) -> dict[str, float]:
         return self.metrics_log.log(metrics, step)

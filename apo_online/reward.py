@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from apo_online import losses
+from apo_online.config import ConfigError
 from apo_online.data import EncodedPrompt
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,26 @@ def encode_pairs(encoder, pairs) -> list[EncodedPair]:
             encoded.append(EncodedPair(prompt, encoder.response_ids(pair.chosen), encoder.response_ids(pair.rejected),
                                        pair.messages))
     return encoded
+
+
+def untrained_rm_reason(config, task) -> str | None:
+    """Why the RM would still be untrained when the policy first optimises it, or None when it will be trained.
+    Unless rm.allow_untrained, that stops the game before the model loads (ConfigError); with it the game warns
+    and logs rm/untrained_at_start = 1. config: config.Config; task: data.TaskData."""
+    if config.model.reward_model_path:
+        return None
+    if not task.preference_pairs:
+        reason = "the data has no human preference pairs (data.preference_file) to warm it up on"
+    elif config.rm.warmup_steps == 0:
+        reason = "rm.warmup_steps is 0"
+    else:
+        return None
+    if not config.rm.allow_untrained:
+        raise ConfigError(f"the reward model would be untrained when the policy starts to optimise it: {reason}, and "
+                          f"no trained RM is given (model.reward_model_path); give one of them, or set "
+                          f"rm.allow_untrained true if that is meant (an RM taught by the APO term alone)")
+    logger.warning("rm.allow_untrained: the policy starts against an untrained reward model (%s)", reason)
+    return reason
 
 
 class AdversarialRewardStep:

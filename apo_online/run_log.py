@@ -3,7 +3,8 @@
 Two sinks, both written by the main process with metrics averaged over processes:
   <output_dir>/metrics.jsonl   one JSON object per step: {"step": k, "<tag>": value, ...} (step 0 = RM warm-up and
                                data counts); non-finite values are written as NaN / Infinity, which Python's json reads
-  <output_dir>/tensorboard/    TensorBoard scalars (through accelerate's tracker)
+  <output_dir>/tensorboard/    TensorBoard scalars (through accelerate's tracker) and the config (HPARAMS tab), one
+                               run: no subfolders
 On resume from step k, metrics.jsonl keeps its lines up to step k and drops the rest (steps that the crashed run
 logged after its last checkpoint, and a line cut short by a kill), and TensorBoard is told to purge events from
 step k+1 on (SummaryWriter's purge_step), so each step appears once in both. A fresh run replaces both records.
@@ -15,6 +16,7 @@ import json
 from pathlib import Path
 
 from accelerate.utils import gather_object
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -47,8 +49,13 @@ class MetricsLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         purge_step = 0 if resumed_step is None else resumed_step + 1
-        self.accelerator.init_trackers("tensorboard", config=hparams,
-                                       init_kwargs={"tensorboard": {"purge_step": purge_step}})
+        self.accelerator.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": purge_step}})
+        if self.accelerator.is_main_process:
+            # The config into the run's own event file (TensorBoard's HPARAMS tab). accelerate's `config=` would
+            # write it into two timestamped subfolders, which TensorBoard lists as two extra, empty runs.
+            writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
+            for summary in hparams_summaries(hparams, metric_dict={}):
+                writer.file_writer.add_summary(summary)
 
     def log(self, metrics: dict[str, float], step: int) -> dict[str, float]:
         """Average each metric over processes, then write it (main process). Collective."""

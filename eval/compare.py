@@ -36,6 +36,7 @@ from apo_online.config import ConfigError, load_config  # noqa: E402
 from apo_online.evaluation import scorer_scores  # noqa: E402
 from apo_online.optimizers.base import known_optimizer_names  # noqa: E402
 from eval.plots import metric_curves, reliability_diagram  # noqa: E402
+from eval.report_json import write_json  # noqa: E402
 
 RECIPE_YAML = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "apo_ppo.yaml"
 DEFAULT_VARIANTS = "frozen_ppo,apo_ppo,apo_dpo,apo_rjs"
@@ -191,7 +192,7 @@ def merge_summaries(folders: list[str], output_dir: Path) -> dict:
     metric_curves({n: s["curves"] for n, s in variants.items()}, CURVES, output_dir / "curves.png",
                   title=f"{', '.join(variants)}: seed {seed}, {total_steps} steps")
     summary = {"variants": variants, "skipped": skipped, "gold_judge": judge_info, "merged_from": sources}
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(output_dir / "summary.json", summary)
     print(format_table(variants))
     print(f"wrote {output_dir / 'summary.json'} and {output_dir / 'curves.png'}")
     return summary
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
                   title=f"{', '.join(summaries)}: same seed, {total_steps} steps")
     summary = {"variants": summaries, "skipped": skipped, "gold_judge": judge_info,
                "command": " ".join(["python", "eval/compare.py"] + (sys.argv[1:] if argv is None else argv))}
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(output_dir / "summary.json", summary)
     print(format_table(summaries))
     print(f"wrote {output_dir / 'summary.json'}, {output_dir / 'curves.png'} and reliability_<variant>.png")
     return summary

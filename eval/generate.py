@@ -15,7 +15,6 @@ without its stop token ends with "...".
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from apo_online.evaluation import sample_responses  # noqa: E402
 from apo_online.gold_judge import question_text  # noqa: E402
 from apo_online.run_loading import LoadedRun, load_run  # noqa: E402
 from eval.policy_eval import JUDGES, SIDES, judge_functions, load_prompts  # noqa: E402
+from eval.report_json import write_json  # noqa: E402
 
 
 def read_prompts(texts: list[str], prompts_file: str | None, config) -> list[PromptExample]:
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_answers(result))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=1))
+        write_json(args.output, result)
         print(f"wrote {args.output}")
     return result
 

@@ -14,7 +14,6 @@ response to the same prompt. Prints a table and writes JSON (default <run>/polic
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from apo_online.data_formats import BUILTIN_TASKS, convert_rows, load_task_data,
 from apo_online.evaluation import reward_scores, sample_responses, win_rate  # noqa: E402
 from apo_online.gold_judge import load_gold_judge, question_text  # noqa: E402
 from apo_online.run_loading import LoadedRun, load_run  # noqa: E402
+from eval.report_json import write_json  # noqa: E402
 
 JUDGES = ("rm", "gold")
 SIDES = ("policy", "reference")
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
                              args.temperature, args.seed)
     output = Path(args.output or Path(args.run) / "policy_eval.json")
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=1))
+    write_json(output, result)
     print(f"policy of {result['source']} on {result['prompts']} prompts x {result['samples_per_prompt']} samples")
     print(format_table(result))
     print(f"wrote {output}")

@@ -13,7 +13,6 @@ Writes rm_eval.json and reliability.png to --output_dir (default: <run>/rm_eval,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from apo_online.evaluation import reward_scores  # noqa: E402
 from apo_online.reward import encode_pairs  # noqa: E402
 from apo_online.run_loading import LoadedRun, load_fresh, load_run  # noqa: E402
 from eval.plots import reliability_diagram  # noqa: E402
+from eval.report_json import write_json  # noqa: E402
 
 RECIPE_YAML = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "apo_ppo.yaml"
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = load_pairs(args.pairs, loaded.config)[: args.max_pairs]
     result = evaluate_reward_model(loaded, pairs, args.num_bins, args.batch_size)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "rm_eval.json").write_text(json.dumps(result, indent=1))
+    write_json(output_dir / "rm_eval.json", result)
     reliability_diagram(pair_calibration(result["chosen_scores"], result["rejected_scores"], args.num_bins),
                         output_dir / "reliability.png", title=f"RM {loaded.source}, {result['pairs']} pairs")
     print(f"RM {loaded.source}: {result['pairs']} pairs  accuracy {result['accuracy']:.3f}  ECE {result['ece']:.3f}  "

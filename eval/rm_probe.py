@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -51,6 +50,7 @@ from apo_online.run_loading import find_adapters  # noqa: E402
 from apo_online.statistics import bootstrap_mean_ci  # noqa: E402
 from eval.compare import human_pair_metrics  # noqa: E402
 from eval.plots import probe_chart  # noqa: E402
+from eval.report_json import write_json  # noqa: E402
 
 RECIPE_YAML = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "apo_ppo.yaml"
 PROBE_SEED = 1234  # sampling seed of the probe (train and held-out samples), apart from the game's own
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["refit"] = recipe_refit(result["sweep"], overrides)
     result["wall_s"] = time.perf_counter() - started
     output.mkdir(parents=True, exist_ok=True)
-    (output / "rm_probe.json").write_text(json.dumps(result, indent=1))
+    write_json(output / "rm_probe.json", result)
     probe_chart(result, output / "rm_probe.png")
     print(format_row({"name": "base RM", **result["base"]}))
     print(f"premise: judge prefers gold to the reference sample on {result['premise_gold_win_rate']:.3f} of "

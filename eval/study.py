@@ -19,7 +19,6 @@ frontier (Gao et al. 2022), where each seed's curve is read at the same sqrt(KL)
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -35,15 +34,15 @@ import numpy as np  # noqa: E402
 from apo_online.run_log import read_metrics  # noqa: E402
 from apo_online.statistics import min_detectable_effect, sign_test_p, t_interval  # noqa: E402
 from eval.plots import study_figures  # noqa: E402
+from eval.report_json import write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "recipes" / "configs"
-ARMS = {  # name -> (recipe config, overrides)
-    "frozen_ppo": ("apo_ppo.yaml", ["--rm.update_every", "0"]),
-    "apo_ppo": ("apo_ppo.yaml", []),
-    "pairs_only_ppo": ("apo_ppo.yaml", ["--rm.apo_coeff", "0"]),
-    "frozen_rjs": ("apo_rjs.yaml", ["--rm.update_every", "0"]),
-    "apo_rjs": ("apo_rjs.yaml", []),
+ARMS = {  # name -> (recipe, overrides)
+    "frozen_ppo": ("apo_ppo", ["--rm.update_every", "0"]),
+    "apo_ppo": ("apo_ppo", []),
+    "pairs_only_ppo": ("apo_ppo", ["--rm.apo_coeff", "0"]),
+    "frozen_rjs": ("apo_rjs", ["--rm.update_every", "0"]),
+    "apo_rjs": ("apo_rjs", []),
 }
 PAIRED = [("apo_ppo", "frozen_ppo"), ("apo_ppo", "pairs_only_ppo"), ("apo_rjs", "frozen_rjs")]
 GAO_FORMS = {"ppo": "rl", "rjs": "bon"}  # d(alpha - beta log d) for RL, d(alpha - beta d) for best-of-n
@@ -54,9 +53,11 @@ GAO_FORMS = {"ppo": "rl", "rjs": "bon"}  # d(alpha - beta log d) for RL, d(alpha
 # ----------------------------------------------------------------------------------------------------------------------
 def run_command(arm: str, seed: int, folder: Path, threads: int, overrides: list[str]) -> list[str]:
     recipe, arm_overrides = ARMS[arm]
-    return [sys.executable, str(REPO / "recipes" / "apo_ppo.py"), "--config", str(CONFIGS / recipe),
+    return [sys.executable, str(REPO / "recipes" / f"{recipe}.py"),
             "--game.output_dir", str(folder), "--game.seed", str(seed), "--game.gold_judge", "true",
-            "--game.eval_at_start", "true", "--game.cpu_threads", str(threads),
+            "--game.eval_at_start", "true", "--game.cpu_threads", str(threads), "--game.save_every", "10",
+            # the arms of one seed share its warm-up (the base RM): computed by the first, loaded by the others
+            "--rm.warmup_cache", "true",
             # resume from the run's latest checkpoint; a run stopped before its first one starts over
             "--game.resume_from_checkpoint", "latest", "--game.overwrite_output_dir", "true",
             *arm_overrides, *overrides]
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise SystemExit(f"no evaluations found under {args.runs or [output]} (<arm>/seed_<k>/metrics.jsonl)")
     result = summarise({a: r for a, r in runs.items() if a in arms})
     output.mkdir(parents=True, exist_ok=True)
-    (output / "summary.json").write_text(json.dumps(result, indent=1))
+    write_json(output / "summary.json", result)
     study_figures(runs, result, output)
     print(format_report(result))
     return result

@@ -69,10 +69,19 @@ BAD_INPUTS = [
      "error: {tmp}/prompts.jsonl: no usable prompts: 2 rows skipped (data.skip_bad_rows): 1 x field 'prompt': empty "
      "string (first: {tmp}/prompts.jsonl, row 1); 1 x field 'gold': empty string (first: {tmp}/prompts.jsonl, row 2)"),
     ("rows skipped, the rest too long", lambda t: prompts_file(t, [{"prompt": ""}, GOOD]) + [
-        "--data.skip_bad_rows", "true", "--data.prompt_overflow", "reject", "--data.max_prompt_tokens", "8"],
+        "--data.skip_bad_rows", "true", "--data.prompt_overflow", "reject", "--data.max_prompt_tokens", "8",
+        "--rm.allow_untrained", "true"],
      "error: no usable prompts: all 1 prompts are longer than data.max_prompt_tokens=8 tokens (data.prompt_overflow: "
      "reject); besides, 1 row skipped (data.skip_bad_rows): 1 x field 'prompt': empty string (first: "
      "{tmp}/prompts.jsonl, row 1)"),
+    ("prompts without preference pairs", lambda t: prompts_file(t, [GOOD]),
+     "error: the reward model would be untrained when the policy starts to optimise it: the data has no human "
+     "preference pairs (data.preference_file) to warm it up on, and no trained RM is given (model.reward_model_path)"),
+    ("no warm-up", lambda t: ["--rm.warmup_steps", "0"], "error: the reward model would be untrained when the policy "
+     "starts to optimise it: rm.warmup_steps is 0"),
+    ("a flag of an optimizer that is not running", lambda t: ["--dpo.loss_type", "foo"],
+     "error: command line: --dpo.loss_type sets the dpo optimizer, but this game runs game.policy_optimizer=ppo; add "
+     "--game.policy_optimizer dpo or drop --dpo.loss_type"),
 ]
 
 
@@ -106,3 +115,16 @@ def test_tokenizer_without_pad_token_gets_one_distinct_from_eos(tmp_path, tiny_m
     model, tokenizer = load_causal_lm(ModelConfig(model_name_or_path=folder))
     assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
     assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
+
+
+def test_untrained_rm_runs_when_allowed_and_says_so(tmp_path, tiny_model_path, caplog):
+    """The opt-in: prompts without pairs play, with a warning and rm/untrained_at_start = 1 at step 0."""
+    from apo_online.run_log import read_metrics
+
+    rows = [{"prompt": f"Question {k}?", "gold": f"Answer {k}."} for k in range(8)]
+    argv = tiny_overrides(tmp_path / "run", **{"game.total_steps": 1}) + prompts_file(tmp_path, rows) + [
+        "--rm.allow_untrained", "true"]
+    assert main(argv, default_yaml=REPO / "recipes/configs/apo_ppo.yaml") == 0
+    assert "starts against an untrained reward model" in caplog.text
+    start = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
+    assert start["step"] == 0 and start["rm/untrained_at_start"] == 1.0 and start["data/preference_pairs"] == 0.0

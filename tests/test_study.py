@@ -48,6 +48,24 @@ def test_paired_summary_by_hand():
     assert result["arms"]["apo_ppo"]["final_gold"] == [-3.0, -2.0, -1.0, 0.0, 1.0]
 
 
+def _not_json(token):
+    raise ValueError(f"{token} is not JSON")
+
+
+def test_result_files_are_strict_json(tmp_path):
+    """NaN (a paired difference with one seed, a run that never reached a sqrt(KL)) is written as null."""
+    from eval.report_json import write_json
+    from eval.study import summarise
+
+    runs = {"apo_ppo": {1: _evals([0.0, 1.0], [-4.0, -3.0])}, "frozen_ppo": {1: _evals([0.0, 4.0], [-4.0, -3.5])}}
+    result = summarise(runs)
+    assert math.isnan(result["paired"]["apo_ppo-frozen_ppo"]["ci95"][0])  # one seed: no interval
+    write_json(tmp_path / "summary.json", result)
+    on_disk = json.loads((tmp_path / "summary.json").read_text(), parse_constant=_not_json)
+    assert on_disk["paired"]["apo_ppo-frozen_ppo"]["ci95"] == [None, None]
+    assert on_disk["paired"]["apo_ppo-frozen_ppo"]["mean"] == pytest.approx(0.5)
+
+
 def _write_run(root, arm, seed, evals):
     folder = root / arm / f"seed_{seed}"
     folder.mkdir(parents=True)
@@ -83,7 +101,7 @@ def test_two_arms_two_seeds_two_steps_on_the_tiny_model(tmp_path, tiny_model_pat
     assert result["arms"]["apo_ppo"]["seeds"] == [1, 2] and result["arms"]["frozen_ppo"]["final_step"] == [2, 2]
     assert result["arms"]["apo_ppo"]["eval_steps"] == [[0, 1, 2], [0, 1, 2]]  # game.eval_at_start: step 0 too
     assert result["paired"]["apo_ppo-frozen_ppo"]["n_seeds"] == 2
-    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text(), parse_constant=_not_json)  # strict JSON
     assert set(on_disk) >= {"arms", "paired", "frontier", "gao_fits"}
     for png in ("frontier.png", "curves.png"):
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
