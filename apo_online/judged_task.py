@@ -48,9 +48,9 @@ from apo_online.embedded import build_embedded_task
 from apo_online.gold_judge import JUDGE_VERSION, load_gold_judge, question_text
 from apo_online.model_loading import load_causal_lm
 
-TESTBED_VERSION = "v1"  # bump when the candidates, their labelling or the settings below change: part of the key
+TESTBED_VERSION = "v2"  # bump when the candidates, their labelling or the settings below change: part of the key
 TEMPERATURES = (0.7, 1.0)
-SAMPLES_PER_TEMPERATURE = 3
+SAMPLES_PER_TEMPERATURE = 8
 CANDIDATE_MAX_NEW_TOKENS = 24
 # The prompt format the candidates are sampled with (the recipes' own): fixed, so that the testbed is one dataset
 # per base model whatever a run's data settings are.
