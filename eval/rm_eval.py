@@ -7,7 +7,9 @@
 
 Pairs default to the held-out eval pairs of the run's task (the embedded task's `eval` split). The binning is the
 APO reference's (apo_online/calibration.py): both orientations of each pair, 10 equal bins on [0, 1].
-Writes rm_eval.json and reliability.png to --output_dir (default: <run>/rm_eval, or runs/rm_eval_fresh).
+Writes rm_eval.json and reliability.png (rm_eval_<pairs file>.json and reliability_<pairs file>.png with --pairs,
+so that another file does not overwrite the held-out result) to --output_dir, by default beside what was evaluated:
+<run>/rm_eval, <base folder>/rm_eval for a local --base folder, runs/rm_eval_base/<name> for a built-in or hub name.
 """
 
 from __future__ import annotations
@@ -90,22 +92,33 @@ def main(argv: list[str] | None = None) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.run:
         loaded = load_run(args.run, device)
-        output_dir = Path(args.output_dir or Path(args.run) / "rm_eval")
     else:
         config = load_config(["--model.model_name_or_path", args.base, "--game.seed", str(args.seed)],
                              default_yaml=RECIPE_YAML)
         loaded = load_fresh(config, device)
-        output_dir = Path(args.output_dir or "runs/rm_eval_fresh")
+    output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.run, args.base)
     pairs = load_pairs(args.pairs, loaded.config)[: args.max_pairs]
     result = evaluate_reward_model(loaded, pairs, args.num_bins, args.batch_size)
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(output_dir / "rm_eval.json", result)
+    suffix = f"_{Path(args.pairs).stem}" if args.pairs else ""  # the held-out result keeps its own name
+    report, diagram = output_dir / f"rm_eval{suffix}.json", output_dir / f"reliability{suffix}.png"
+    write_json(report, result)
     reliability_diagram(pair_calibration(result["chosen_scores"], result["rejected_scores"], args.num_bins),
-                        output_dir / "reliability.png", title=f"RM {loaded.source}, {result['pairs']} pairs")
+                        diagram, title=f"RM {loaded.source}, {result['pairs']} pairs")
     print(f"RM {loaded.source}: {result['pairs']} pairs  accuracy {result['accuracy']:.3f}  ECE {result['ece']:.3f}  "
           f"ACE {result['ace']:.3f}  MCE {result['mce']:.3f}  mean margin {result['mean_margin']:.3f}")
-    print(f"wrote {output_dir / 'rm_eval.json'} and {output_dir / 'reliability.png'}")
+    print(f"wrote {report} and {diagram}")
     return result
+
+
+def default_output_dir(run: str | None, base: str | None) -> Path:
+    """Beside what was evaluated: <run>/rm_eval; <folder>/rm_eval for a local base model; else
+    runs/rm_eval_base/<name> (a built-in or hub name has no folder of its own)."""
+    if run:
+        return Path(run) / "rm_eval"
+    if Path(base).is_dir():
+        return Path(base) / "rm_eval"
+    return Path("runs") / "rm_eval_base" / base.replace("/", "--")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ rm_eval on the trained run; and the gold-judge evaluator does not change what tr
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -116,6 +117,16 @@ def test_rm_eval_on_the_tiny_run(compared, tmp_path):
     assert result["pairs"] == 12 and result["calibration"]["num_predictions"] == 24  # both orientations
     assert result["accuracy"] == preference_accuracy(result["chosen_scores"], result["rejected_scores"])
     assert (tmp_path / "reliability.png").is_file() and (tmp_path / "rm_eval.json").is_file()
+    held_out = (tmp_path / "rm_eval.json").read_text()
+    pairs = tmp_path / "mine.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello.", "rejected": "No."}) + "\n")
+    other = rm_eval.main(["--run", str(output / "apo_ppo"), "--pairs", str(pairs), "--output_dir", str(tmp_path)])
+    assert other["pairs"] == 1 and (tmp_path / "rm_eval_mine.json").is_file()
+    assert (tmp_path / "reliability_mine.png").is_file()
+    assert (tmp_path / "rm_eval.json").read_text() == held_out  # not overwritten by another pairs file
+    assert rm_eval.default_output_dir(str(output / "apo_ppo"), None) == output / "apo_ppo" / "rm_eval"
+    assert rm_eval.default_output_dir(None, str(tmp_path)) == tmp_path / "rm_eval"
+    assert rm_eval.default_output_dir(None, "org/model") == Path("runs/rm_eval_base/org--model")
 
 
 def test_gold_judge_evaluations_do_not_change_training(compared, tmp_path):
