@@ -89,26 +89,19 @@ def human_pair_metrics(game) -> dict[str, float]:
             "rm_ece_on_human_pairs": pair_calibration(chosen, rejected).ece, "human_pairs": len(chosen)}
 
 
-def run_variant(config, step0: dict | None = None) -> dict:
-    """Play one game with the gold-judge evaluator; evaluate at step 0 too, or reuse `step0`, the step-0 evaluation
-    of an earlier variant: at step 0 the policy is the reference (LoRA B = 0) and the eval seed is fixed, so step 0
-    is the same for every variant of one seed and model. Returns its history and end metrics."""
+def run_variant(config) -> dict:
+    """Play one game with the gold-judge evaluator, which evaluates at step 0 too (game.eval_at_start: after the RM
+    warm-up, with the policy still the reference; logged to TensorBoard like every evaluation). Returns its history
+    and end metrics."""
     from apo_online.game import APOGame
 
     if config.game.eval_every < 1:
         raise ConfigError("compare needs game.eval_every >= 1 (the gold-judge curves come from the evaluations)")
     _reset_accelerate()
     started = time.perf_counter()
+    config.game.eval_at_start = True
     game = APOGame(config)
     evaluator = game.evaluators[0]
-    if step0 is None:
-        evaluator(game)  # step 0: the policy is still the reference, so every variant starts from the same point
-        # ...but the RM is not warmed up yet (run() does that): its step-0 numbers would describe an untrained head
-        step0 = evaluator.history[0]
-        step0["metrics"] = {k: v for k, v in step0["metrics"].items() if not k.startswith(("eval/rm_", "eval/judged"))}
-        step0["rm_better"], step0["rm_worse"] = [], []
-    else:
-        evaluator.history.append(step0)
     game.run()
     if game.stop_signal is not None:  # the game caught SIGINT/SIGTERM and checkpointed: stop the comparison too
         raise SystemExit(f"stopped by a signal at step {game.step} of {config.game.output_dir}")
@@ -209,18 +202,18 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.merge:
         return merge_summaries(args.merge, output_dir)
-    summaries, skipped, judge_info, total_steps, step0 = {}, {}, None, 0, None
+    summaries, skipped, judge_info, total_steps = {}, {}, None, 0
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
         try:
             config = variant_config(name, overrides, output_dir)
             print(f"=== {name}: {config.game.total_steps} steps, seed {config.game.seed}", flush=True)
-            run = run_variant(config, step0)
+            run = run_variant(config)
         except ConfigError as err:
             print(f"skipping variant {name}: {err}", flush=True)
             skipped[name] = str(err)
             continue
         summaries[name] = summarise(name, run, output_dir) | {"config": config.to_dict()}
-        judge_info, total_steps, step0 = run["gold_judge"], config.game.total_steps, run["history"][0]
+        judge_info, total_steps = run["gold_judge"], config.game.total_steps
     if not summaries:
         raise SystemExit("no variant ran")
     metric_curves({n: s["curves"] for n, s in summaries.items()}, CURVES, output_dir / "curves.png",

@@ -43,8 +43,11 @@ def test_compare_writes_summary_and_plots(compared):
         assert math.isfinite(row["gold_score_final"]) and 0 <= row["gold_win_rate_vs_human_final"] <= 1
         assert row["policy_pairs_pooled"] > 0 and 0 <= row["rm_accuracy_on_policy_pooled"] <= 1
         assert 0 <= row["rm_ece_on_policy_pooled"] <= 1 and row["human_pairs"] > 0
-        logged = {key for record in read_metrics(output / name / "metrics.jsonl") for key in record}
+        records = read_metrics(output / name / "metrics.jsonl")
+        logged = {key for record in records for key in record}
         assert {"eval/gold_score", "eval/rm_accuracy_on_policy", "eval/rm_ece_on_policy", "eval/kl"} <= logged
+        # the step-0 evaluation is logged by the game (metrics.jsonl and TensorBoard), not only in summary.json
+        assert [r["eval/gold_score"] for r in records if r["step"] == 0] == [row["gold_score_step0"]]
 
 
 def test_policy_eval_on_the_tiny_model(compared, tmp_path):
