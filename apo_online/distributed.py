@@ -37,3 +37,13 @@ def make_accelerator(game_config, log_with: str | None = "tensorboard") -> Accel
         ds["zero_allow_untested_optimizer"] = True  # RoleAdamW is a torch AdamW subclass
         ds.pop("train_batch_size", None)
     return accelerator
+
+
+def describe_launch(accelerator, model_dtype: str) -> dict:
+    """What this launch really got (a config can silently fall back: ACCELERATE_USE_CPU=1 turns a DeepSpeed config
+    into plain CPU DDP): distributed mode, processes, ZeRO stage, device, mixed precision, weight dtype."""
+    plugin = accelerator.state.deepspeed_plugin if accelerator.distributed_type.name == "DEEPSPEED" else None
+    return {"distributed_type": accelerator.distributed_type.name, "num_processes": accelerator.num_processes,
+            "zero_stage": None if plugin is None else int(plugin.zero_stage or 0),
+            "device": accelerator.device.type, "mixed_precision": str(accelerator.mixed_precision),
+            "model_dtype": model_dtype}

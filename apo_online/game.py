@@ -17,6 +17,7 @@ checkpoints and raises NonFiniteUpdates. The run directory is locked while the g
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import signal
 import time
@@ -32,7 +33,7 @@ from apo_online.checkpoint import export_adapters, load_checkpoint, save_checkpo
 from apo_online.config import Config, ConfigError
 from apo_online.data import PromptEncoder, PromptSampler, TaskData
 from apo_online.data_formats import load_task_data
-from apo_online.distributed import make_accelerator
+from apo_online.distributed import describe_launch, make_accelerator
 from apo_online.model_card import write_model_card
 from apo_online.model_loading import load_causal_lm
 from apo_online.optimizers.base import build_policy_optimizer
@@ -55,12 +56,22 @@ class APOGame:
         config.validate(self.accelerator.num_processes)
         # before anything heavy: a second run on a live directory, or over an earlier run's output, stops at once
         self.run_lock, self.resume_path = claim_run_directory(config.game, self.accelerator)
+        self._record_launch()
         try:
             self._setup(task)
         except BaseException:
             if self.run_lock is not None:
                 self.run_lock.release()
             raise
+
+    def _record_launch(self) -> None:
+        """Log what the launch really got and write it to <output_dir>/launch.json, so a fallback is visible."""
+        self.launch = describe_launch(self.accelerator, self.config.model.dtype)
+        if self.accelerator.is_main_process:
+            logger.info("launch: %s", ", ".join(f"{k} {v}" for k, v in self.launch.items()))
+            output = Path(self.config.game.output_dir)
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "launch.json").write_text(json.dumps(self.launch, indent=1))
 
     def _setup(self, task: TaskData | None) -> None:
         config = self.config

@@ -5,6 +5,7 @@ their own checkpoints. The comparison is deterministic: see tests/scripts/distri
 
 import json
 import math
+import shlex
 import subprocess
 
 import pytest
@@ -115,3 +116,24 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, si
             if key in single_process["metrics"][phase]:
                 got, want = result["metrics"][phase][key], single_process["metrics"][phase][key]
                 assert math.isclose(got, want, rel_tol=1e-4, abs_tol=1e-6), (phase, key, got, want)
+
+
+@pytest.mark.slow
+def test_the_documented_zero2_cpu_command_really_runs_zero2(tmp_path, tiny_model_path):
+    """The `# cpu:` command of accelerate_configs/deepspeed_zero2.yaml, as written, on the tiny model: the run's
+    launch.json must say DeepSpeed stage 2 (with ACCELERATE_USE_CPU=1, as the old note said, it was plain DDP)."""
+    config = REPO / "accelerate_configs" / "deepspeed_zero2.yaml"
+    note = next(line for line in config.read_text().splitlines() if line.startswith("# cpu: "))
+    words = shlex.split(note.removeprefix("# cpu: "))
+    env_words = words[: words.index("accelerate")]
+    command = words[len(env_words):]
+    command[2:2] = ["--main_process_port", str(free_port())]  # accelerate launch --main_process_port N ...
+    output = tmp_path / "zero2"
+    env = python_env() | dict(word.split("=", 1) for word in env_words)
+    overrides = tiny_overrides(output, **{"game.total_steps": 1, "rollout.prompts_per_step": 2, "game.cpu_threads": 1,
+                                          "ppo.num_minibatches": 1})
+    result = subprocess.run(command + overrides, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    launch = json.loads((output / "launch.json").read_text())
+    assert (launch["distributed_type"], launch["zero_stage"], launch["num_processes"]) == ("DEEPSPEED", 2, 2)
+    assert "launch: distributed_type DEEPSPEED, num_processes 2, zero_stage 2" in result.stderr
