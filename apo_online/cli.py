@@ -34,8 +34,16 @@ def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None)
     _setup_logging()
     log = logging.getLogger("apo_online")
     follow_launcher()  # first: a launcher that dies during the loading must not leave the game running alone
+    dry_run = "--dry_run" in argv  # a flag without a value: check config and data, print the plan, stop
+    argv = [arg for arg in argv if arg != "--dry_run"]
     try:
         config = load_config(argv, default_yaml=default_yaml)
+        if dry_run:
+            from apo_online.dry_run import plan
+
+            if os.environ.get("RANK", "0") == "0":
+                print("\n".join(plan(config)))
+            return 0
         if game_cls is None:
             from apo_online.game import APOGame as game_cls
         started = time.perf_counter()

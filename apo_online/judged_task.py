@@ -170,14 +170,28 @@ def judge_labelled(pairs: list[PreferencePair], judge: Callable, cache_dir: str 
             for k, p in zip(keys, pairs)]
 
 
+def _queries(base: TaskData, data_config) -> dict[str, list[str]]:
+    """question -> human replies of the prompts a run can use: the first data.max_prompts policy prompts and every
+    eval prompt."""
+    policy = base.train_prompts[: data_config.max_prompts] if data_config.max_prompts else base.train_prompts
+    return {question_text(p.messages): p.references for p in base.eval_prompts + policy}
+
+
+def missing_queries(model_config, data_config, seed: int = 0) -> int:
+    """How many of a run's queries the cached (or shipped) testbed lacks: what a run would sample first."""
+    path = cache_path(model_config.model_name_or_path, model_config.cache_dir)
+    source = path if path.is_file() else SHIPPED / path.name
+    cached = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else {}
+    return sum(q not in cached for q in _queries(build_embedded_task(seed), data_config))
+
+
 def build_judged_task(model_config, data_config, seed: int = 0, judge=None) -> TaskData:
     """The embedded task relabelled by the judge (module docstring). Candidates are built only for the prompts a run
     can use: the first data.max_prompts policy prompts and every eval prompt."""
     base = build_embedded_task(seed)
     policy = base.train_prompts[: data_config.max_prompts] if data_config.max_prompts else base.train_prompts
     judge_once = functools.cache(lambda: judge or load_gold_judge(cache_dir=model_config.cache_dir))
-    candidates = build_candidates(model_config, {question_text(p.messages): p.references
-                                                 for p in base.eval_prompts + policy}, judge_once)
+    candidates = build_candidates(model_config, _queries(base, data_config), judge_once)
     label = lambda pairs: judge_labelled(pairs, judge_once, model_config.cache_dir)  # noqa: E731
     with_gold = lambda prompts: [PromptExample(p.prompt_id, p.messages,  # noqa: E731
                                                gold=candidates[question_text(p.messages)].best(),

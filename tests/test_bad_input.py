@@ -128,3 +128,19 @@ def test_untrained_rm_runs_when_allowed_and_says_so(tmp_path, tiny_model_path, c
     assert "starts against an untrained reward model" in caplog.text
     start = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
     assert start["step"] == 0 and start["rm/untrained_at_start"] == 1.0 and start["data/preference_pairs"] == 0.0
+
+
+def test_dry_run_prints_the_plan_without_training(tmp_path, tiny_model_path, capsys):
+    argv = tiny_overrides(tmp_path / "run") + ["--dry_run"]
+    assert main(argv, default_yaml=REPO / "recipes/configs/apo_ppo.yaml") == 0
+    out = capsys.readouterr().out
+    assert "data: 64 policy prompts (64 with a gold response), 64 human pairs" in out
+    assert "RM warm-up: 2 Bradley-Terry steps on 64 human pairs" in out
+    assert "per step and process: 4 prompts x 1 samples = 4 rollouts" in out
+    assert not (tmp_path / "run").exists()  # nothing written, nothing trained
+
+
+@pytest.mark.parametrize("case, make_argv, expected", [BAD_INPUTS[0], BAD_INPUTS[-3]], ids=["bad row", "no pairs"])
+def test_dry_run_stops_on_bad_data_like_a_run(tmp_path, tiny_model_path, capsys, case, make_argv, expected):
+    status, errors = run_recipe(tmp_path, make_argv(tmp_path) + ["--dry_run"], capsys)
+    assert status == 2 and len(errors) == 1 and errors[0].startswith(expected.format(tmp=tmp_path))

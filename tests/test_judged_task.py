@@ -51,7 +51,11 @@ def test_gold_is_the_judges_best_candidate_and_pairs_follow_the_judge(tmp_path, 
 def test_candidates_are_cached_and_only_missing_queries_are_sampled(tmp_path, tiny_model_path, judge, canned_samples,
                                                                     monkeypatch):
     model = ModelConfig(model_name_or_path="tiny-llama", cache_dir=str(tmp_path))
+    eval_queries = len(judged_task.build_embedded_task(0).eval_prompts)
+    assert judged_task.missing_queries(model, DataConfig(max_prompts=2)) == 2 + eval_queries  # what --dry_run says
     first = judged_task.build_judged_task(model, DataConfig(max_prompts=2), judge=judge)
+    assert judged_task.missing_queries(model, DataConfig(max_prompts=2)) == 0
+    assert judged_task.missing_queries(model, DataConfig(max_prompts=5)) == 3
     sampled = sum(len(batch) for batch in canned_samples)
     assert sampled == 2 + len(first.eval_prompts)  # policy and eval prompts, GENERATION_BATCH per call
     assert max(len(batch) for batch in canned_samples) <= judged_task.GENERATION_BATCH
