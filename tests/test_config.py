@@ -117,3 +117,16 @@ def test_old_game_rm_keys_in_yaml_name_their_new_home(tmp_path):
     with pytest.raises(ConfigError, match=re.escape(f"{old}: game.rm_learning_rate moved to the rm: section; "
                                                     "write rm.learning_rate")):
         load_config(["--config", str(old)])
+
+
+def test_flags_of_an_optimizer_that_is_not_running_are_refused_yaml_sections_warned(tmp_path, caplog):
+    with pytest.raises(ConfigError, match=r"--dpo.loss_type sets the dpo optimizer, but this game runs "
+                                          r"game.policy_optimizer=ppo; add --game.policy_optimizer dpo"):
+        load_config(["--dpo.loss_type", "ipo"], default_yaml=DEFAULT_YAML)
+    assert load_config(["--dpo.loss_type", "ipo", "--game.policy_optimizer", "dpo"],
+                       default_yaml=DEFAULT_YAML).optimizer_config().loss_type == "ipo"
+    shared = tmp_path / "shared.yaml"
+    shared.write_text("rjs:\n  epochs: 2\ndpo:\n  beta: 0.2\n")
+    caplog.clear()
+    load_config(["--config", str(shared)], default_yaml=DEFAULT_YAML)  # a file shared by recipes: allowed
+    assert "config sections dpo:, rjs: are ignored: this game runs game.policy_optimizer=ppo" in caplog.text
