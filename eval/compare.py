@@ -35,6 +35,7 @@ from apo_online.calibration import pair_calibration, preference_accuracy  # noqa
 from apo_online.config import ConfigError, load_config  # noqa: E402
 from apo_online.evaluation import scorer_scores  # noqa: E402
 from apo_online.optimizers.base import known_optimizer_names  # noqa: E402
+from apo_online.config_help import config_help  # noqa: E402
 from eval.plots import metric_curves, reliability_diagram  # noqa: E402
 from eval.report_json import write_json  # noqa: E402
 
@@ -192,7 +193,9 @@ def merge_summaries(folders: list[str], output_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    epilog = "Other --section.field arguments override every variant's config.\n\n" + config_help(RECIPE_YAML)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated (default {DEFAULT_VARIANTS})")
     parser.add_argument("--output_dir", default="runs/compare")
     parser.add_argument("--merge", nargs="+", metavar="DIR", help="only combine the summary.json of earlier compare "

@@ -48,6 +48,7 @@ from apo_online.gold_judge import load_gold_judge, question_text  # noqa: E402
 from apo_online.reward import SampleBuffer  # noqa: E402
 from apo_online.run_loading import find_adapters  # noqa: E402
 from apo_online.statistics import bootstrap_mean_ci  # noqa: E402
+from apo_online.config_help import config_help  # noqa: E402
 from eval.compare import human_pair_metrics  # noqa: E402
 from eval.plots import probe_chart  # noqa: E402
 from eval.report_json import write_json  # noqa: E402
@@ -92,8 +93,9 @@ def sweep_settings(kind: str) -> list[dict]:
 
 
 def parse_args(argv: list[str] | None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     epilog="Other --section.field arguments override the recipe config.")
+    epilog = "Other --section.field arguments override the recipe's config.\n\n" + config_help(RECIPE_YAML)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=None, help="a run folder or checkpoint: sample from its policy adapter")
     parser.add_argument("--output_dir", default=None, help="default eval/results/rm_probe_<date>")
     parser.add_argument("--train_prompts", type=int, default=128, help="policy prompts sampled for the RM update")

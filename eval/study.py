@@ -33,10 +33,12 @@ import numpy as np  # noqa: E402
 
 from apo_online.run_log import read_metrics  # noqa: E402
 from apo_online.statistics import min_detectable_effect, sign_test_p, t_interval  # noqa: E402
+from apo_online.config_help import config_help  # noqa: E402
 from eval.plots import study_figures  # noqa: E402
 from eval.report_json import write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+RECIPE_YAML = REPO / "recipes" / "configs" / "apo_ppo.yaml"
 ARMS = {  # name -> (recipe, overrides)
     "frozen_ppo": ("apo_ppo", ["--rm.update_every", "0"]),
     "apo_ppo": ("apo_ppo", []),
@@ -178,7 +180,9 @@ def summarise(runs: dict[str, dict[int, list[dict]]]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    epilog = "Other --section.field arguments override every arm's config.\n\n" + config_help(RECIPE_YAML)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("run", "summarise"))
     parser.add_argument("--output_dir", required=True, help="run: the study's runs; summarise: where results go")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated from {', '.join(ARMS)}")

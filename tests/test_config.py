@@ -130,3 +130,27 @@ def test_flags_of_an_optimizer_that_is_not_running_are_refused_yaml_sections_war
     caplog.clear()
     load_config(["--config", str(shared)], default_yaml=DEFAULT_YAML)  # a file shared by recipes: allowed
     assert "config sections dpo:, rjs: are ignored: this game runs game.policy_optimizer=ppo" in caplog.text
+
+
+@pytest.mark.parametrize("script", ["recipes/apo_ppo.py", "recipes/apo_rjs.py", "eval/rm_probe.py", "eval/study.py"])
+def test_help_lists_every_field_with_its_default_and_description(script):
+    import dataclasses
+    import subprocess
+
+    from apo_online.config_help import field_descriptions
+    from apo_online.optimizers.base import known_optimizer_names
+    from conftest import PYTHON, python_env
+
+    result = subprocess.run([PYTHON, script, "--help"], cwd=REPO, env=python_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = load_config([])
+    sections = [(n, getattr(config, n)) for n in Config.CORE_SECTIONS]
+    sections += [(n, config.optimizer_config(n)) for n in known_optimizer_names()]
+    for name, section in sections:
+        described = field_descriptions(type(section))
+        for f in dataclasses.fields(section):
+            assert f"--{name}.{f.name} " in result.stdout, f"{name}.{f.name} missing from {script} --help"
+            assert described.get(f.name), f"{name}.{f.name} has no description (a # comment beside or above it)"
+    if script.startswith("recipes"):
+        assert "--game.total_steps 20" in result.stdout  # the recipe's value

@@ -40,7 +40,7 @@ PAIRINGS = ("best_vs_worst", "all_pairs")
 @dataclass
 class DPOConfig:
     learning_rate: float = 1e-4  # policy adapter
-    beta: float = 0.1
+    beta: float = 0.1  # DPO's beta: strength of the implicit KL to the reference
     loss_type: str = "sigmoid"  # sigmoid | ipo | hinge
     label_smoothing: float = 0.0  # cDPO: probability that an RM ranking is wrong (sigmoid only), in [0, 0.5)
     # Divide each log-ratio by its response length (per-token DPO). None: true for ipo, false otherwise (trl).
@@ -48,9 +48,9 @@ class DPOConfig:
     pairing: str = "best_vs_worst"  # best_vs_worst | all_pairs
     min_score_gap: float = 0.0  # pairs whose scores differ by <= this are ties: skipped
     logprob_temperature: float | None = None  # None: rollout.temperature (see the module docstring)
-    epochs: int = 1
-    num_minibatches: int = 1
-    gradient_accumulation_steps: int = 1
+    epochs: int = 1  # passes over each step's pairs
+    num_minibatches: int = 1  # minibatches per epoch
+    gradient_accumulation_steps: int = 1  # micro-batches per minibatch
 
 
 def validate_dpo(config, world_size: int) -> None:

@@ -24,21 +24,21 @@ from apo_online.rollout import Rollout, RolloutSpec
 class PPOConfig:
     learning_rate: float = 1e-4  # policy adapter
     value_learning_rate: float = 1e-4  # value adapter + value head
-    ppo_epochs: int = 2
-    num_minibatches: int = 1
-    gradient_accumulation_steps: int = 1
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    gamma: float = 1.0
-    lam: float = 0.95
-    kl_coef: float = 0.05
+    ppo_epochs: int = 2  # passes over each rollout
+    num_minibatches: int = 1  # minibatches per epoch
+    gradient_accumulation_steps: int = 1  # micro-batches per minibatch
+    cliprange: float = 0.2  # PPO's policy ratio clip
+    cliprange_value: float = 0.2  # clip of the value update around the old values
+    vf_coef: float = 0.1  # weight of the value loss
+    gamma: float = 1.0  # discount per token
+    lam: float = 0.95  # GAE lambda
+    kl_coef: float = 0.05  # beta: weight of the KL to the reference in the reward
     kl_estimator: str = "k1"  # k1 | k3
-    adaptive_kl: bool = False
+    adaptive_kl: bool = False  # adapt kl_coef toward target_kl (Ziegler et al. 2019)
     target_kl: float = 6.0  # adaptive controller target (sequence KL, nats)
-    kl_horizon: int = 10000
-    whiten_advantages: bool = True
-    whiten_rewards: bool = False
+    kl_horizon: int = 10000  # the adaptive controller's horizon (steps x samples)
+    whiten_advantages: bool = True  # normalise advantages over the batch (all processes)
+    whiten_rewards: bool = False  # normalise the per-token rewards before GAE
 
 
 def validate_ppo(config, world_size: int) -> None:

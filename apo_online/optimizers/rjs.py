@@ -32,9 +32,9 @@ SFT_TEMPERATURE = 1.0
 @dataclass
 class RJSConfig:
     learning_rate: float = 1e-4  # policy adapter
-    epochs: int = 1
-    num_minibatches: int = 1
-    gradient_accumulation_steps: int = 1
+    epochs: int = 1  # passes over each step's winners
+    num_minibatches: int = 1  # minibatches per epoch
+    gradient_accumulation_steps: int = 1  # micro-batches per minibatch
     min_score: float | None = None  # winners scoring below this are not trained on (None: keep every winner)
 
 
