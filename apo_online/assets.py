@@ -12,10 +12,7 @@ import fcntl
 import importlib.util
 import os
 from pathlib import Path
-
-
-class MissingOfflinePackage(RuntimeError):
-    """A built-in offline asset needs a package from requirements-offline.txt that is not installed."""
+from apo_online.errors import MissingOfflinePackage  # noqa: F401 (re-exported)
 
 
 def cache_root(cache_dir: str | None = None) -> Path:

@@ -166,11 +166,6 @@ class SharedBackbone(nn.Module):
             params += list(self.reward_head.parameters())
         return params
 
-    def role_state_dict(self, role: str) -> dict[str, torch.Tensor]:
-        """Detached copies of one role's weights (adapter + head), e.g. the RM snapshot that refit mode restores."""
-        names = {id(p) for p in self.role_parameters(role)}
-        return {n: p.detach().clone() for n, p in self.named_parameters() if id(p) in names}
-
     # ---------------------------------------------------------------------------------------------------------------
     # forward
     # ---------------------------------------------------------------------------------------------------------------

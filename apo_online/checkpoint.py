@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.utils import gather_object
+from apo_online.errors import CheckpointError  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "step-"
@@ -38,10 +39,6 @@ DEEPSPEED_TAG = "state"
 # Config fields that change the shape or meaning of the saved state: resuming with other values cannot work.
 STRUCTURAL_FIELDS = (("model", "model_name_or_path"), ("model", "lora_r"), ("model", "lora_target_modules"),
                      ("game", "policy_optimizer"))
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be resumed by this run (missing, incomplete or written by a different setup)."""
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:

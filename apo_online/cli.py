@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from apo_online.config import ConfigError, load_config
+from apo_online.config import load_config
+from apo_online.errors import BAD_INPUT, NonFiniteUpdates
+from apo_online.stopping import follow_launcher
 
 
 def _setup_logging() -> None:
@@ -33,12 +35,6 @@ def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None)
     2 bad configuration, data or checkpoint, or a run directory in use or holding an earlier run's output;
     3 stopped after too many non-finite updates (a checkpoint was written); 128+N stopped by signal N (SIGTERM:
     143, SIGINT: 130) after a checkpoint. A launcher may report these differently (README, fault table)."""
-    from apo_online.checkpoint import CheckpointError
-    from apo_online.data_formats import DataFormatError
-    from apo_online.assets import MissingOfflinePackage
-    from apo_online.run_directory import RunDirectoryError
-    from apo_online.stopping import follow_launcher
-    from apo_online.training import NonFiniteUpdates
 
     _setup_logging()
     log = logging.getLogger("apo_online")
@@ -63,8 +59,7 @@ def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None)
         started = time.perf_counter()
         game = game_cls(config)
         metrics = game.run()
-    except (ConfigError, DataFormatError, MissingOfflinePackage, CheckpointError, RunDirectoryError,
-            FileNotFoundError) as err:
+    except (*BAD_INPUT, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NonFiniteUpdates as err:

@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, of the wrong type or inconsistent with another."""
+from apo_online.errors import ConfigError
+from apo_online.optimizers.registry import get_optimizer_entry, known_optimizer_names
 
 
 @dataclass
@@ -161,8 +159,6 @@ class Config:
 
     def optimizer_config(self, name: str | None = None) -> Any:
         """The config dataclass of optimizer `name` (default: the one the game uses), defaults if not given."""
-        from apo_online.optimizers.base import get_optimizer_entry
-
         name = name or self.game.policy_optimizer
         if name not in self.optimizers:
             self.optimizers[name] = get_optimizer_entry(name).config_cls()
@@ -176,8 +172,6 @@ class Config:
 
     def validate(self, world_size: int = 1) -> None:
         """Check values and derived sizes once, before anything heavy starts."""
-        from apo_online.optimizers.base import get_optimizer_entry
-
         def need(condition: bool, message: str) -> None:
             if not condition:
                 raise ConfigError(message)
@@ -270,8 +264,6 @@ def _apply(section: Any, values: dict[str, Any], section_name: str, source: str)
 def _section(config: Config, name: str, source: str) -> Any:
     if name in Config.CORE_SECTIONS:
         return getattr(config, name)
-    from apo_online.optimizers.base import known_optimizer_names
-
     if name in known_optimizer_names():
         return config.optimizer_config(name)
     raise ConfigError(
@@ -302,8 +294,6 @@ def load_yaml(path: str | Path, config: Config | None = None, sections: set[str]
 
 def _field_index(config: Config) -> dict[str, list[str]]:
     """bare field name -> the sections that have it, for unambiguous `--field` overrides."""
-    from apo_online.optimizers.base import known_optimizer_names
-
     index: dict[str, list[str]] = {}
     for name in list(Config.CORE_SECTIONS) + known_optimizer_names():
         for f in dataclasses.fields(_section(config, name, "cli")):

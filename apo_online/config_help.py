@@ -10,6 +10,7 @@ import re
 import textwrap
 
 from apo_online.config import Config, load_config
+from apo_online.optimizers.registry import known_optimizer_names
 
 _FIELD = re.compile(r"^\s+(\w+)\s*:\s*[^=]+?(\s*=.*)?$")
 
@@ -35,8 +36,6 @@ def field_descriptions(cls) -> dict[str, str]:
 
 def config_help(default_yaml=None, width: int = 100) -> str:
     """Every section's fields as `--section.field VALUE  description`, VALUE as the recipe sets it."""
-    from apo_online.optimizers.base import known_optimizer_names
-
     config = load_config([], default_yaml=default_yaml)
     sections = [(name, getattr(config, name)) for name in Config.CORE_SECTIONS]
     sections += [(name, config.optimizer_config(name)) for name in known_optimizer_names()]

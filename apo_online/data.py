@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from apo_online.config import ConfigError
+from apo_online.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -14,19 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from apo_online.data import Messages
+from apo_online.errors import DataFormatError  # noqa: F401 (re-exported)
 
 ID_FIELDS = ("id", "query_id", "prompt_id")
-
-
-class DataFormatError(ValueError):
-    """A data row does not have the fields or types its format needs."""
-
-    def __init__(self, source: str, row: int | None, field: str | None, problem: str):
-        where = source if row is None else f"{source}, row {row}"
-        if field:
-            where += f", field {field!r}"
-        super().__init__(f"{where}: {problem}")
-        self.source, self.row, self.field, self.problem = source, row, field, problem
 
 
 @dataclass

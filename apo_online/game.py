@@ -34,6 +34,7 @@ from apo_online.config import Config, ConfigError
 from apo_online.data import PromptEncoder, PromptSampler, TaskData
 from apo_online.data_formats import load_task_data
 from apo_online.distributed import describe_launch, make_accelerator
+from apo_online.evaluation import GoldJudgeEvaluator
 from apo_online.model_card import write_model_card
 from apo_online.model_loading import load_causal_lm
 from apo_online.optimizers.base import build_policy_optimizer
@@ -97,7 +98,6 @@ class APOGame:
         self.metrics_log = MetricsLog(self.accelerator, config.game.output_dir)
         self.evaluators = []  # callables game -> dict of eval metrics, run every game.eval_every steps
         if config.game.gold_judge:  # the hidden gold judge scores fresh policy samples (apo_online/evaluation.py)
-            from apo_online.evaluation import GoldJudgeEvaluator
             self.evaluators.append(GoldJudgeEvaluator(self))
         set_seed(config.game.seed + self.accelerator.process_index)  # different samples on every process
 

@@ -37,6 +37,7 @@ from apo_online import losses
 from apo_online.calibration import preference_accuracy
 from apo_online.data import Messages, PreferencePair
 from apo_online.assets import cache_root, file_lock, package_dir
+from apo_online.embedded import build_embedded_task
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,6 @@ def _cache_key(train_pairs: list[PreferencePair]) -> str:
 
 def default_judge_pairs() -> list[PreferencePair]:
     """The judge pairs of the offline default task (embedded chatterbot corpus) at JUDGE_TASK_SEED."""
-    from apo_online.embedded import build_embedded_task
 
     return build_embedded_task(JUDGE_TASK_SEED).judge_pairs
 

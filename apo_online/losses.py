@@ -54,11 +54,6 @@ def whiten(values: torch.Tensor, mask: torch.Tensor, mean: torch.Tensor, var: to
     return whitened * mask.to(values.dtype)
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Whiten over the masked positions of this batch (unbiased variance); positions outside the mask become 0."""
-    return whiten(values, mask, masked_mean(values, mask), masked_var(values, mask), shift_mean)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # reward-model losses
 # ----------------------------------------------------------------------------------------------------------------

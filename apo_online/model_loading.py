@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from apo_online.assets import MissingOfflinePackage, cache_root, file_lock, package_dir  # noqa: F401 (re-exported)
+from apo_online.assets import cache_root, file_lock, package_dir
+from apo_online.embedded import chatterbot_texts
+from apo_online.errors import ConfigError, MissingOfflinePackage  # noqa: F401 (MissingOfflinePackage: re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +56,6 @@ def _convert_smollm2(target: Path) -> None:
 def train_tiny_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on the shipped chatterbot corpus (about a second)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from apo_online.embedded import chatterbot_texts
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
     tok = Tokenizer(models.BPE())
@@ -106,8 +106,6 @@ def ensure_distinct_pad_token(tokenizer, model=None) -> None:
     """Pad must differ from the stop token: otherwise masking pads would also mask the EOS the policy must learn
     to emit. Reuse an existing special token when there is one, else add <pad> and grow the embeddings."""
     if tokenizer.eos_token_id is None:
-        from apo_online.config import ConfigError
-
         raise ConfigError(f"tokenizer {tokenizer.name_or_path!r} has no eos_token, the stop token of generation: "
                           f"use a tokenizer that has one (model.tokenizer_name_or_path)")
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:

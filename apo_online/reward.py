@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from apo_online import losses
-from apo_online.config import ConfigError
+from apo_online.errors import ConfigError
 from apo_online.data import EncodedPrompt
 
 logger = logging.getLogger(__name__)

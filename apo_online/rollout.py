@@ -50,11 +50,6 @@ class Rollout:
         """Each row's response tokens without padding (stop token included when present)."""
         return truncate_lists(self.response_ids, self.response_mask)
 
-    def prompt_lists(self) -> list[list[int]]:
-        """Each row's prompt tokens without padding."""
-        mask = self.attention_mask[:, : self.prompt_length].bool()
-        return [ids[m].tolist() for ids, m in zip(self.input_ids[:, : self.prompt_length], mask)]
-
 
 def truncate_at_stop(responses: torch.Tensor, stop_ids: list[int], pad_id: int):
     """Keep each response up to and including its first stop token; pad the rest.

@@ -27,15 +27,12 @@ from pathlib import Path
 
 from apo_online.checkpoint import checkpoint_root, resolve_resume_path
 from apo_online.run_log import METRICS_FILE, read_metrics
+from apo_online.errors import RunDirectoryError  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 LOCK_FILE = ".run.lock"
 # What a run leaves behind that a fresh start would overwrite or mix with its own.
 RUN_OUTPUTS = ("checkpoints", "final", METRICS_FILE, "tensorboard")
-
-
-class RunDirectoryError(ValueError):
-    """The run directory is in use by a live run, or holds an earlier run's output that this run would replace."""
 
 
 def _now() -> str:

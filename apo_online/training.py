@@ -17,6 +17,7 @@ import logging
 import math
 
 import torch
+from apo_online.errors import NonFiniteUpdates  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +49,6 @@ def find_role_optimizer(optimizer) -> RoleAdamW:
             return seen
         seen = getattr(seen, "optimizer", None)
     raise TypeError(f"no RoleAdamW inside {type(optimizer).__name__}")
-
-
-class NonFiniteUpdates(RuntimeError):
-    """Too many consecutive updates had a non-finite loss or gradient."""
 
 
 def deepspeed_zero_stage(accelerator) -> int | None:

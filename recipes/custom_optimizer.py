@@ -27,7 +27,7 @@ import torch
 
 from apo_online import losses
 from apo_online.cli import main
-from apo_online.config import ConfigError
+from apo_online.errors import ConfigError
 from apo_online.optimizers import register_optimizer
 from apo_online.optimizers.schedule import UpdateSchedule, policy_logprobs, train_on_items
 from apo_online.rollout import Rollout, RolloutSpec

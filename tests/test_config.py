@@ -7,7 +7,7 @@ import re
 import pytest
 
 from apo_online.config import Config, ConfigError, load_config
-from apo_online.optimizers.base import _REGISTRY, register_optimizer
+from apo_online.optimizers.registry import _REGISTRY, register_optimizer
 
 from conftest import REPO
 

@@ -21,7 +21,7 @@ def test_masked_mean_var_whiten():
     mask = torch.tensor([1.0, 1.0, 1.0, 0.0])
     close(losses.masked_mean(values, mask), 2.0)  # (1+2+3)/3, the 100 is masked out
     close(losses.masked_var(values, mask), 1.0)  # ((1-2)^2 + 0 + (3-2)^2) / (3-1)
-    whitened = losses.masked_whiten(values, mask)
+    whitened = losses.whiten(values, mask, losses.masked_mean(values, mask), losses.masked_var(values, mask))
     assert torch.allclose(whitened, torch.tensor([-1.0, 0.0, 1.0, 0.0]), atol=1e-4)
     close(losses.masked_mean(values, torch.zeros(4)), 0.0)  # empty mask: 0, not NaN
 

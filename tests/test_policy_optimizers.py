@@ -9,7 +9,7 @@ import torch
 
 from apo_online import losses
 from apo_online.config import ConfigError
-from apo_online.optimizers.base import _REGISTRY
+from apo_online.optimizers.registry import _REGISTRY
 
 from conftest import REPO, fresh_rollout, make_game
 

@@ -67,7 +67,7 @@ def test_refit_mode_restarts_from_the_base_rm(tiny_config, single_accelerator):
 def test_continue_mode_keeps_training(tiny_config, single_accelerator):
     game = game_with_buffer(tiny_config, single_accelerator(), **{"rm.mode": "continue"})
     game.rm_step.update(game.buffer, 0)
-    state = game.accelerator.unwrap_model(game.model).role_state_dict("reward")
+    state = game.scorer.weights()
     game.rm_step.update(game.buffer, 0)  # continues from `state`, does not return to the base RM first
     restarted = {n: v for n, v in game.rm_step.base_state.items()}
     assert any(not torch.equal(state[n], restarted[n]) for n in state)
@@ -92,7 +92,7 @@ def test_micro_batched_rm_step_equals_one_batch(tiny_config, single_accelerator)
                                                                       "rm.queries_per_step": 4,
                                                                       "rm.pairs_per_step": 5})
         metrics = game.rm_step.update(game.buffer, 0)
-        results.append((metrics, game.accelerator.unwrap_model(game.model).role_state_dict("reward")))
+        results.append((metrics, game.scorer.weights()))
     (whole, whole_weights), (sliced, sliced_weights) = results
     assert whole.keys() == sliced.keys()
     for key in whole:

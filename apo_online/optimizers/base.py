@@ -1,4 +1,4 @@
-"""The policy-optimizer interface of the game, and the registry the game picks from by name.
+"""The policy-optimizer interface of the game (the registry it picks from by name is optimizers/registry.py).
 
 A policy optimizer is any object with:
   name: str
@@ -26,20 +26,17 @@ Built-in optimizers (BUILTIN_MODULES) are imported on first use: ppo (default), 
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from apo_online.optimizers.registry import (  # noqa: F401 (the registry's names, re-exported)
+    BUILTIN_MODULES,
+    OptimizerEntry,
+    get_optimizer_entry,
+    known_optimizer_names,
+    register_optimizer,
+    require_samples_per_prompt,
+)
 from apo_online.rollout import Rollout, RolloutSpec
-
-BUILTIN_MODULES = {
-    "ppo": "apo_online.optimizers.ppo",
-    "dpo": "apo_online.optimizers.dpo",
-    "rjs": "apo_online.optimizers.rjs",
-}
-
 
 @runtime_checkable
 class PolicyOptimizer(Protocol):
@@ -57,66 +54,6 @@ class PolicyOptimizer(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-def _no_checks(config, world_size: int) -> None:
-    return None
-
-
-@dataclass(frozen=True)
-class OptimizerEntry:
-    name: str
-    factory: Callable[[Any], PolicyOptimizer]
-    config_cls: type
-    # validate(full Config, world_size) raises ConfigError on inconsistent sizes; called by Config.validate
-    validate: Callable[[Any, int], None] = _no_checks
-
-
-_REGISTRY: dict[str, OptimizerEntry] = {}
-
-
-def register_optimizer(name: str, config_cls: type, validate: Callable[[Any, int], None] | None = None):
-    """Class decorator: make a policy optimizer available to the game under `name`."""
-    if not dataclasses.is_dataclass(config_cls):
-        raise TypeError(f"config_cls of optimizer {name!r} must be a dataclass, got {config_cls!r}")
-
-    def decorator(cls):
-        _REGISTRY[name] = OptimizerEntry(name, cls, config_cls, validate or _no_checks)
-        return cls
-
-    return decorator
-
-
-def require_samples_per_prompt(config, optimizer_name: str, minimum: int, reason: str) -> None:
-    """For validate functions: ConfigError unless rollout.samples_per_prompt >= minimum."""
-    n = config.rollout.samples_per_prompt
-    if n < minimum:
-        from apo_online.config import ConfigError
-
-        raise ConfigError(f"game.policy_optimizer {optimizer_name!r} needs rollout.samples_per_prompt >= {minimum} "
-                          f"({reason}), got {n}")
-
-
-def _load_builtins() -> None:
-    for name, module in BUILTIN_MODULES.items():
-        if name not in _REGISTRY:
-            importlib.import_module(module)
-
-
-def known_optimizer_names() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
-
-
-def get_optimizer_entry(name: str) -> OptimizerEntry:
-    _load_builtins()
-    if name not in _REGISTRY:
-        from apo_online.config import ConfigError
-
-        raise ConfigError(f"unknown policy optimizer {name!r} (game.policy_optimizer); registered: "
-                          f"{', '.join(sorted(_REGISTRY))}. Register your own with "
-                          f"apo_online.optimizers.register_optimizer")
-    return _REGISTRY[name]
 
 
 def build_policy_optimizer(config) -> PolicyOptimizer:

@@ -28,8 +28,8 @@ import torch
 from trl.models.utils import unwrap_model_for_generation
 
 from apo_online import losses
-from apo_online.config import ConfigError
-from apo_online.optimizers.base import register_optimizer, require_samples_per_prompt
+from apo_online.errors import ConfigError
+from apo_online.optimizers.registry import register_optimizer, require_samples_per_prompt
 from apo_online.optimizers.schedule import UpdateSchedule, policy_logprobs, train_on_items
 from apo_online.rollout import Rollout, RolloutSpec, score_sequences
 

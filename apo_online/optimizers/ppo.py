@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from apo_online import losses
-from apo_online.config import ConfigError
-from apo_online.optimizers.base import register_optimizer
+from apo_online.errors import ConfigError
+from apo_online.optimizers.registry import register_optimizer
 from apo_online.rollout import Rollout, RolloutSpec
 
 
