@@ -79,6 +79,8 @@ def run_study(arms: list[str], seeds: list[int], output_dir: Path, jobs: int, ov
         while todo and len(running) < jobs:
             arm, seed = todo.pop(0)
             folder = output_dir / arm / f"seed_{seed}"
+            if finished(folder):  # another study process over the same folder played it meanwhile
+                continue
             folder.mkdir(parents=True, exist_ok=True)
             log = open(folder / "study.log", "a")
             running.append((f"{arm}/seed_{seed}", subprocess.Popen(run_command(arm, seed, folder, threads, overrides),
