@@ -37,7 +37,7 @@ class LoraSettings:
         targets = self.target_modules
         if targets != "all-linear":
             targets = [name.strip() for name in targets.split(",") if name.strip()]
-        # Dropout 0 in every role (DESIGN.md checklist): log-probs at sampling and update time must agree.
+        # Dropout 0 in every role (docs/design.md, PPO checklist): log-probs at sampling and update time must agree.
         return LoraConfig(r=self.r, lora_alpha=self.alpha, target_modules=targets, lora_dropout=0.0, bias="none",
                           task_type="CAUSAL_LM")
 

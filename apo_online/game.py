@@ -1,4 +1,4 @@
-"""The online APO game, step by step (DESIGN.md):
+"""The online APO game, step by step (docs/design.md):
 
   0. RM warm-up: Bradley-Terry on human preference pairs (the base RM; refit mode returns to it)
   for each step:

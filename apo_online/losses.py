@@ -5,8 +5,8 @@ A `mask` is 1.0 (or True) on valid response tokens (up to and including the stop
 
 Normalisers: the PPO losses accept `num_tokens`, the number of valid tokens of the whole minibatch. A micro-batch
 loss is then `sum(per-token loss) / num_tokens`, so accumulating micro-batch gradients gives exactly the gradient of
-the minibatch masked mean whatever the micro-batch layout (DESIGN.md checklist: "results independent of micro-batch
-layout").
+the minibatch masked mean whatever the micro-batch layout (docs/design.md, PPO checklist: "results independent of
+the micro-batch layout").
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def apo_rm_loss(
 def apo_total_rm_loss(
     loss_apo: torch.Tensor, loss_pref: torch.Tensor, apo_coeff: float, beta2: float
 ) -> torch.Tensor:
-    """L_RM = apo_coeff * L_APO(gold vs sample) + beta2 * L_BT(human pairs) (DESIGN.md step 4).
+    """L_RM = apo_coeff * L_APO(gold vs sample) + beta2 * L_BT(human pairs) (docs/design.md, step 3).
 
     The beta2 term anchors the RM to human preferences; without it (GAIL-like) the game collapses."""
     return apo_coeff * loss_apo + beta2 * loss_pref

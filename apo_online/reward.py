@@ -1,4 +1,4 @@
-"""The adversarial reward-model step of APO and its buffer of recent policy samples (DESIGN.md step 4).
+"""The adversarial reward-model step of APO and its buffer of recent policy samples (docs/design.md, step 3).
 
 Every `rm.update_every` policy steps the "reward" adapter (+ reward head) is refit with
 

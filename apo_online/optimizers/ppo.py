@@ -1,4 +1,5 @@
-"""PPO for language models, following DESIGN.md's checklist ("The N Implementation Details of RLHF with PPO").
+"""PPO for language models, following the PPO checklist of docs/design.md (from "The N Implementation Details of
+RLHF with PPO").
 
 Per rollout: per-token KL penalty (k1 or k3) with the RM score added at the last valid token; GAE over response
 tokens (gamma=1, lambda=0.95 by default); advantages whitened over all processes. Then ppo_epochs passes over the
