@@ -19,8 +19,10 @@ gold to samples that had stopped left the premise at 0.55-0.61, against 0.83-0.9
 like every gold response (text, then the stop token); the APO step's rm.eos_only guard keeps the stop token from
 being what separates gold from the policy's samples.
 
-Generation is the expensive part (6 samples for each of 472 policy and eval queries: ~20 min on 2 CPU cores, a
-minute on a GPU). Candidates are cached per query in one file per (base model, settings), keyed by a content hash,
+SAMPLES_PER_TEMPERATURE is 8 (16 samples and the human replies per query): with 3 (testbed v1) the judge preferred
+gold to a reference sample on only 0.785 of the probe's policy prompts, under the 0.8 that APO's premise asks here;
+a best of more candidates is a better gold. Generation is the expensive part (16 samples for each of the recipes'
+298 policy and eval queries: 41 min on 2 CPU cores, partly shared with tests; a minute or two on a GPU). Candidates are cached per query in one file per (base model, settings), keyed by a content hash,
 next to the judge (~/.cache/apo_online or $APO_ONLINE_CACHE), and only missing queries are ever generated, under a
 file lock so that the processes of one launch build it once. The file for smollm2-135m-instruct ships with the
 package (apo_online/testbeds/), so the default run does not generate it. `python -m apo_online.judged_task --model
