@@ -9,7 +9,7 @@ it and its metrics. The reward optimizer's moments are reset after a computed wa
 none), so that a game that loads the entry goes on exactly as the game that wrote it (tests/test_warmup_cache.py).
 
 One process with the shared reward adapter only: several processes draw from several random streams, and a
-separate full RM would make entries the size of a model. Other games warm up as usual, with a warning.
+separate full RM would make entries the size of a model. Other games warm up as usual (logged).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def warm_up_reward_model(game, show_progress: bool) -> dict[str, float]:
     if not game.config.rm.warmup_cache:
         return step.warmup(show_progress=show_progress)
     if game.accelerator.num_processes > 1 or game.reward_model is not None:
-        logger.warning("rm.warmup_cache works with one process and the shared reward adapter; warming up as usual")
+        logger.info("rm.warmup_cache works with one process and the shared reward adapter; warming up as usual")
         return step.warmup(show_progress=show_progress)
     path = cache_root(game.config.model.cache_dir) / "base-rm" / f"{cache_key(game)}.pt"
     with file_lock(path.with_suffix(".lock")):  # two runs of one seed started together warm up once
