@@ -207,3 +207,22 @@ class PromptSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor = state["epoch"], state["cursor"]
+
+
+@dataclass
+class EncodedPair:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    messages: list[dict[str, str]]
+
+
+def encode_pairs(encoder, pairs) -> list[EncodedPair]:
+    """PreferencePair -> token ids (prompts over the limit are dropped or cut per data.prompt_overflow)."""
+    encoded = []
+    for pair in pairs:
+        prompt = encoder.prompt_ids(pair.messages)
+        if prompt is not None:
+            encoded.append(EncodedPair(prompt, encoder.response_ids(pair.chosen), encoder.response_ids(pair.rejected),
+                                       pair.messages))
+    return encoded

@@ -31,14 +31,14 @@ from tqdm.auto import tqdm
 from apo_online.backbone import LoraSettings, SharedBackbone
 from apo_online.checkpoint import export_adapters, load_checkpoint, save_checkpoint
 from apo_online.config import Config, ConfigError
-from apo_online.data import PromptEncoder, PromptSampler, TaskData
+from apo_online.data import PromptEncoder, PromptSampler, TaskData, encode_pairs
 from apo_online.data_formats import load_task_data
 from apo_online.distributed import describe_launch, make_accelerator
 from apo_online.evaluation import GoldJudgeEvaluator
 from apo_online.model_card import write_model_card
 from apo_online.model_loading import load_causal_lm
 from apo_online.optimizers.base import build_policy_optimizer
-from apo_online.reward import AdversarialRewardStep, SampleBuffer, encode_pairs, untrained_rm_reason
+from apo_online.reward import AdversarialRewardStep, SampleBuffer, untrained_rm_reason
 from apo_online.reward_model import SeparateRewardScorer, SharedRewardScorer, load_separate_reward_model
 from apo_online.rollout import collect_rollout
 from apo_online.run_directory import claim_run_directory

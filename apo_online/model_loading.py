@@ -32,7 +32,7 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _convert_smollm2(target: Path) -> None:
@@ -132,7 +132,7 @@ def load_causal_lm(config) -> tuple[torch.nn.Module, object]:
     """(model, tokenizer) for `config.model` (a ModelConfig). Dropout is switched off in every role."""
     path = resolve_model_path(config.model_name_or_path, config.cache_dir)
     tokenizer = load_tokenizer(config.tokenizer_name_or_path or config.model_name_or_path, config.cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[config.dtype])
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[config.dtype])
     ensure_distinct_pad_token(tokenizer, model)
     _disable_dropout(model)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from apo_online import losses
 from apo_online.errors import ConfigError
-from apo_online.data import EncodedPrompt
+from apo_online.data import EncodedPair, EncodedPrompt
 
 logger = logging.getLogger(__name__)
 
@@ -93,25 +93,6 @@ class SampleBuffer:
 
     def load_state_dict(self, state: dict) -> None:
         self.samples = deque((BufferedSample(*fields) for fields in state["samples"]), maxlen=state["capacity"])
-
-
-@dataclass
-class EncodedPair:
-    prompt_ids: list[int]
-    chosen_ids: list[int]
-    rejected_ids: list[int]
-    messages: list[dict[str, str]]
-
-
-def encode_pairs(encoder, pairs) -> list[EncodedPair]:
-    """PreferencePair -> token ids (prompts over the limit are dropped or cut per data.prompt_overflow)."""
-    encoded = []
-    for pair in pairs:
-        prompt = encoder.prompt_ids(pair.messages)
-        if prompt is not None:
-            encoded.append(EncodedPair(prompt, encoder.response_ids(pair.chosen), encoder.response_ids(pair.rejected),
-                                       pair.messages))
-    return encoded
 
 
 def untrained_rm_reason(config, task) -> str | None:

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from apo_online.data import Messages, join_prompt_response
-from apo_online.model_loading import _DTYPES, ensure_distinct_pad_token, resolve_model_path
+from apo_online.model_loading import DTYPES, ensure_distinct_pad_token, resolve_model_path
 
 
 def _copy_into(params: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor]) -> None:
@@ -46,7 +46,7 @@ def load_separate_reward_model(path: str, dtype: str = "float32", cache_dir: str
     """(model, tokenizer) of a scalar reward model; its pad token is made distinct from EOS like the policy's."""
     folder = resolve_model_path(path, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=_DTYPES[dtype])
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=DTYPES[dtype])
     ensure_distinct_pad_token(tokenizer, model)
     tokenizer.padding_side = "right"
     tokenizer.truncation_side = "left"  # keep the response, the part being judged
