@@ -212,8 +212,8 @@ class APOGame:
         rollout = collect_rollout(self.ctx, [self.prompts[i] for i in positions], positions, self.config.rollout,
                                   self.spec, self.tokenizer, scorer=self.scorer if self.reward_model else None)
         after_rollout = time.perf_counter()
-        # 2. policy update
-        metrics = self.policy_optimizer.step(rollout)
+        # 2. policy update (the optimizer's own objective/* values win over the game's generic ones)
+        metrics = objective_metrics(rollout) | self.policy_optimizer.step(rollout)
         after_policy = time.perf_counter()
         # 3. adversarial RM update on fresh samples of gold-annotated prompts
         rows = [i for i, p in enumerate(rollout.prompt_index.tolist()) if self.prompts[p].gold_ids is not None]
@@ -307,6 +307,16 @@ class APOGame:
         if self.run_lock is not None:  # what a refused second run will be told
             self.run_lock.note(f"stopping after signal {signum}: finishing its current step, then writing a "
                                f"checkpoint")
+
+
+def objective_metrics(rollout) -> dict[str, float]:
+    """What every policy optimizer's rollout is logged with: RM scores, and with reference log-probs the sequence
+    KL to the reference (k1, at the sampling temperature) and the sampling entropy estimate."""
+    metrics = {"objective/scores": rollout.scores.mean().item(), "objective/rm_scores": rollout.rm_scores.mean().item()}
+    if rollout.ref_logprobs is not None:
+        metrics["objective/kl"] = (rollout.logprobs - rollout.ref_logprobs).sum(1).mean().item()
+        metrics["objective/entropy"] = (-rollout.logprobs.sum(1)).mean().item()
+    return metrics
 
 
 def _flat_hparams(config: Config) -> dict:

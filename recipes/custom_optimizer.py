@@ -8,7 +8,8 @@ What it takes (see README, "Policy optimizers"):
   1. a config dataclass: its fields become the `rloo:` section of the YAML and `--rloo.<field>` flags;
   2. an optional validate(config, world_size) that raises ConfigError before anything heavy starts;
   3. a class with name, roles, learning_rates, rollout_spec, setup, step, state_dict, load_state_dict
-     (the PolicyOptimizer protocol of apo_online/optimizers/base.py), registered with `register_optimizer`;
+     (the PolicyOptimizer protocol of apo_online/optimizers/base.py; SeededPolicyOptimizer, used here, provides all
+     but name, rollout_spec and step), registered with `register_optimizer`;
   4. importing this module before the config is loaded, then `game.policy_optimizer: rloo`.
 The RM, its adversarial APO updates, logging and checkpoints are the game's business, as for PPO/DPO/RJS.
 
@@ -28,7 +29,7 @@ import torch
 from apo_online import losses
 from apo_online.cli import main
 from apo_online.errors import ConfigError
-from apo_online.optimizers import register_optimizer
+from apo_online.optimizers import SeededPolicyOptimizer, register_optimizer
 from apo_online.optimizers.schedule import UpdateSchedule, policy_logprobs, train_on_items
 from apo_online.rollout import Rollout, RolloutSpec
 
@@ -58,30 +59,11 @@ def leave_one_out_advantages(rewards: torch.Tensor, samples_per_prompt: int) -> 
 
 
 @register_optimizer("rloo", RLOOConfig, validate_rloo)
-class RLOO:
+class RLOO(SeededPolicyOptimizer):  # policy role, self.ctx, a seeded generator, checkpointed state: from the base
     name = "rloo"
-    roles = ("policy",)
-
-    def __init__(self, config: RLOOConfig):
-        self.config = config
-        self.generator = torch.Generator()
-        self.ctx = None
-
-    def learning_rates(self) -> dict[str, float]:
-        return {"policy": self.config.learning_rate}
 
     def rollout_spec(self) -> RolloutSpec:
         return RolloutSpec(needs_values=False, needs_ref_logprobs=True)  # n: rollout.samples_per_prompt
-
-    def setup(self, ctx, game) -> None:
-        self.ctx = ctx
-        self.generator.manual_seed(game.config.game.seed + 1000 * ctx.accelerator.process_index)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
 
     def step(self, rollout: Rollout) -> dict[str, float]:
         mask = rollout.response_mask
@@ -102,10 +84,7 @@ class RLOO:
             "rloo/loss": totals.get("loss", 0.0) / len(rollout),
             "rloo/advantage_abs": advantages.abs().mean().item(),
             "rloo/grad_norm": totals["grad_norm"],
-            "objective/scores": rollout.scores.mean().item(),
-            "objective/rm_scores": rollout.rm_scores.mean().item(),
-            "objective/kl": sequence_kl.mean().item(),
-            "objective/rlhf_reward": rewards.mean().item(),
+            "objective/rlhf_reward": rewards.mean().item(),  # the game logs objective/scores, rm_scores, kl
         }
 
 

@@ -59,7 +59,7 @@ def test_dpo_step_raises_the_chosen_minus_rejected_margin(tiny_config, single_ac
     assert moved_roles(game, weights) == {"policy"}
     assert metrics["dpo/pairs"] == len(chosen) and metrics["dpo/updates"] == 3
     assert metrics["dpo/score_gap"] > 0
-    for key in ("dpo/loss", "dpo/margin", "dpo/accuracy", "objective/kl", "objective/scores"):
+    for key in ("dpo/loss", "dpo/margin", "dpo/accuracy", "objective/kl"):  # objective/scores: the game's
         assert key in metrics
 
 
@@ -173,3 +173,21 @@ def test_user_registered_optimizer_plays_through_the_game(tiny_config, single_ac
     assert advantages.tolist() == [-2.0, 2.0, 0.0, 0.0]
     with pytest.raises(ConfigError, match="'rloo' needs rollout.samples_per_prompt >= 2"):
         tiny_config(**{"game.policy_optimizer": "rloo", "rollout.samples_per_prompt": 1}).validate()
+
+
+def test_the_game_logs_the_objective_of_every_optimizer_by_hand():
+    """objective/* from the rollout alone (game.objective_metrics), whatever the optimizer; KL only with reference
+    log-probs (RJS has none)."""
+    from types import SimpleNamespace
+
+    from apo_online.game import objective_metrics
+
+    rollout = SimpleNamespace(scores=torch.tensor([1.0, -2.0]), rm_scores=torch.tensor([1.0, -1.0]),
+                              logprobs=torch.tensor([[-1.0, -2.0], [-0.5, 0.0]]),
+                              ref_logprobs=torch.tensor([[-1.5, -2.0], [-1.0, 0.0]]))
+    metrics = objective_metrics(rollout)
+    assert metrics["objective/scores"] == pytest.approx(-0.5) and metrics["objective/rm_scores"] == pytest.approx(0.0)
+    assert metrics["objective/kl"] == pytest.approx((0.5 + 0.5) / 2)  # per row sum of (log pi - log pi_ref)
+    assert metrics["objective/entropy"] == pytest.approx((3.0 + 0.5) / 2)
+    rollout.ref_logprobs = None
+    assert set(objective_metrics(rollout)) == {"objective/scores", "objective/rm_scores"}

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+import torch
+
 from apo_online.optimizers.registry import (  # noqa: F401 (the registry's names, re-exported)
     BUILTIN_MODULES,
     OptimizerEntry,
@@ -54,6 +56,36 @@ class PolicyOptimizer(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class SeededPolicyOptimizer:
+    """Optional base class holding what most policy optimizers share, so that a subclass holds only its algorithm
+    (rollout_spec and step): trains the "policy" role at config.learning_rate; keeps the TrainingContext given to
+    setup as self.ctx; a torch.Generator (minibatch shuffling) seeded per process from game.seed + seed_offset (a
+    stream of its own per optimizer) and saved in every checkpoint. The game logs objective/scores,
+    objective/rm_scores and, when the rollout has reference log-probs, objective/kl and objective/entropy for every
+    optimizer; step returns only its own metrics (or its own objective/* values, which win)."""
+
+    roles: tuple[str, ...] = ("policy",)
+    seed_offset = 0
+
+    def __init__(self, config):
+        self.config = config
+        self.generator = torch.Generator()
+        self.ctx = None
+
+    def learning_rates(self) -> dict[str, float]:
+        return {"policy": self.config.learning_rate}
+
+    def setup(self, ctx, game) -> None:
+        self.ctx = ctx
+        self.generator.manual_seed(game.config.game.seed + self.seed_offset + 1000 * ctx.accelerator.process_index)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
 
 
 def build_policy_optimizer(config) -> PolicyOptimizer:

@@ -29,6 +29,7 @@ from trl.models.utils import unwrap_model_for_generation
 
 from apo_online import losses
 from apo_online.errors import ConfigError
+from apo_online.optimizers.base import SeededPolicyOptimizer
 from apo_online.optimizers.registry import register_optimizer, require_samples_per_prompt
 from apo_online.optimizers.schedule import UpdateSchedule, policy_logprobs, train_on_items
 from apo_online.rollout import Rollout, RolloutSpec, score_sequences
@@ -82,36 +83,24 @@ def validate_dpo(config, world_size: int) -> None:
 
 
 @register_optimizer("dpo", DPOConfig, validate_dpo)
-class OnlineDPO:
+class OnlineDPO(SeededPolicyOptimizer):
     name = "dpo"
-    roles = ("policy",)
+    seed_offset = 2000
 
     def __init__(self, config: DPOConfig):
-        self.config = config
+        super().__init__(config)
         self.schedule = UpdateSchedule(config.epochs, config.num_minibatches, config.gradient_accumulation_steps)
         self.length_normalised = (config.loss_type == "ipo" if config.length_normalised is None
                                   else config.length_normalised)
-        self.generator = torch.Generator()
-        self.ctx = None
         self.forward_batch_size = 16
-
-    def learning_rates(self) -> dict[str, float]:
-        return {"policy": self.config.learning_rate}
 
     def rollout_spec(self) -> RolloutSpec:
         # samples_per_prompt None: rollout.samples_per_prompt (validate_dpo requires >= 2)
         return RolloutSpec(needs_values=False, needs_ref_logprobs=self.config.logprob_temperature is None)
 
     def setup(self, ctx, game) -> None:
-        self.ctx = ctx
+        super().setup(ctx, game)
         self.forward_batch_size = game.config.rollout.forward_batch_size
-        self.generator.manual_seed(game.config.game.seed + 2000 + 1000 * ctx.accelerator.process_index)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
 
     # ---------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -164,8 +153,7 @@ class OnlineDPO:
             "dpo/score_gap": float(g((scores[chosen] - scores[rejected]).sum()) / g(len(chosen)).clamp(min=1.0)),
             "dpo/grad_norm": totals["grad_norm"],
             "dpo/updates": totals["updates"],
-            "objective/scores": scores.mean().item(),
-            "objective/rm_scores": rollout.rm_scores.mean().item(),
+            # at dpo.logprob_temperature (the game's objective/kl is at the sampling temperature)
             "objective/kl": (policy_before - reference).sum(1).mean().item(),
             "objective/entropy": (-policy_before.sum(1)).mean().item(),
         })

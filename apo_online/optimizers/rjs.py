@@ -22,6 +22,7 @@ import torch
 
 from apo_online import losses
 from apo_online.errors import ConfigError
+from apo_online.optimizers.base import SeededPolicyOptimizer
 from apo_online.optimizers.registry import register_optimizer, require_samples_per_prompt
 from apo_online.optimizers.schedule import UpdateSchedule, policy_logprobs, train_on_items
 from apo_online.rollout import Rollout, RolloutSpec
@@ -51,32 +52,17 @@ def validate_rjs(config, world_size: int) -> None:
 
 
 @register_optimizer("rjs", RJSConfig, validate_rjs)
-class RejectionSampling:
+class RejectionSampling(SeededPolicyOptimizer):
     name = "rjs"
-    roles = ("policy",)
+    seed_offset = 3000
 
     def __init__(self, config: RJSConfig):
-        self.config = config
+        super().__init__(config)
         self.schedule = UpdateSchedule(config.epochs, config.num_minibatches, config.gradient_accumulation_steps)
-        self.generator = torch.Generator()
-        self.ctx = None
-
-    def learning_rates(self) -> dict[str, float]:
-        return {"policy": self.config.learning_rate}
 
     def rollout_spec(self) -> RolloutSpec:
         # samples_per_prompt None: rollout.samples_per_prompt (validate_rjs requires >= 2)
         return RolloutSpec(needs_values=False, needs_ref_logprobs=False)
-
-    def setup(self, ctx, game) -> None:
-        self.ctx = ctx
-        self.generator.manual_seed(game.config.game.seed + 3000 + 1000 * ctx.accelerator.process_index)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
 
     # ---------------------------------------------------------------------------------------------------------------
     def select_winners(self, rollout: Rollout) -> tuple[torch.Tensor, int]:
@@ -116,6 +102,4 @@ class RejectionSampling:
             "rjs/winner_length": float(g(rollout.response_mask[winners].sum()) / count),
             "rjs/grad_norm": totals["grad_norm"],
             "rjs/updates": totals["updates"],
-            "objective/scores": scores.mean().item(),
-            "objective/rm_scores": rollout.rm_scores.mean().item(),
         }
