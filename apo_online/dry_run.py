@@ -14,7 +14,7 @@ import os
 
 from apo_online.config import Config
 from apo_online.data import PromptEncoder, encode_pairs
-from apo_online.data_formats import load_task_data
+from apo_online.task import load_task_data
 from apo_online.judged_task import missing_queries
 from apo_online.model_loading import ensure_distinct_pad_token, load_tokenizer
 from apo_online.optimizers.base import build_policy_optimizer

@@ -18,7 +18,7 @@ from trl.models.utils import unwrap_model_for_generation
 from apo_online.calibration import pair_calibration, preference_accuracy
 from apo_online.errors import ConfigError
 from apo_online.data import join_prompt_response, left_pad
-from apo_online.data_formats import BUILTIN_TASKS
+from apo_online.task import BUILTIN_TASKS
 from apo_online.gold_judge import load_gold_judge, question_text
 from apo_online.rollout import score_sequences, truncate_at_stop
 

@@ -32,7 +32,6 @@ from apo_online.backbone import LoraSettings, SharedBackbone
 from apo_online.checkpoint import export_adapters, load_checkpoint, save_checkpoint
 from apo_online.config import Config, ConfigError
 from apo_online.data import PromptEncoder, PromptSampler, TaskData, encode_pairs
-from apo_online.data_formats import load_task_data
 from apo_online.distributed import describe_launch, make_accelerator
 from apo_online.evaluation import GoldJudgeEvaluator
 from apo_online.model_card import write_model_card
@@ -44,6 +43,7 @@ from apo_online.rollout import collect_rollout
 from apo_online.run_directory import claim_run_directory
 from apo_online.run_log import MetricsLog
 from apo_online.stopping import StopRequests
+from apo_online.task import load_task_data
 from apo_online.training import NonFiniteUpdates, RoleAdamW, TrainingContext
 from apo_online.warmup_cache import warm_up_reward_model
 

@@ -9,7 +9,7 @@ apo_text_scores  {"text": ["<query><sep><response>", ...], "scores": [s_1, ...]}
                  best-scored pairs first. Rows with "type": "apo" are rejected: the reference repo's converter makes
                  them from gold answers and LLM samples, they are not human preferences (see apo_golden/apo_samples).
 apo_golden       {"query_id": id, "golden": str}   (gold annotations) -> GoldResponse, joined to the prompts by
-                 query_id through data.gold_file (data_formats.attach_gold_responses).
+                 query_id through data.gold_file (task.attach_gold_responses).
 apo_samples      {"query_id": id, "query": str, "sample_0": str, ..., "sample_n": str}   (LLM samples of the
                  queries) -> one PromptExample per query, its samples kept in PromptExample.samples. They can seed
                  the RM's sample buffer (data.seed_buffer_from_samples): the first APO updates then compare the gold

@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a file: import this checkout's packages,
 import torch  # noqa: E402
 
 from apo_online.data import PromptEncoder, PromptExample  # noqa: E402
-from apo_online.data_formats import BUILTIN_TASKS  # noqa: E402
+from apo_online.task import BUILTIN_TASKS  # noqa: E402
 from apo_online.evaluation import sample_responses  # noqa: E402
 from apo_online.gold_judge import question_text  # noqa: E402
 from apo_online.run_loading import LoadedRun, load_run  # noqa: E402

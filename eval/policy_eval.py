@@ -23,7 +23,8 @@ if __package__ in (None, ""):  # run as a file: import this checkout's packages,
 import torch  # noqa: E402
 
 from apo_online.data import PromptEncoder, PromptExample  # noqa: E402
-from apo_online.data_formats import BUILTIN_TASKS, convert_rows, load_task_data, read_rows  # noqa: E402
+from apo_online.data_formats import convert_rows, read_rows  # noqa: E402
+from apo_online.task import BUILTIN_TASKS, load_task_data  # noqa: E402
 from apo_online.evaluation import reward_scores, sample_responses, win_rate  # noqa: E402
 from apo_online.gold_judge import load_gold_judge, question_text  # noqa: E402
 from apo_online.run_loading import LoadedRun, load_run  # noqa: E402

@@ -26,7 +26,8 @@ import torch  # noqa: E402
 from apo_online.calibration import pair_calibration, preference_accuracy  # noqa: E402
 from apo_online.config import load_config  # noqa: E402
 from apo_online.data import PreferencePair, PromptEncoder, encode_pairs  # noqa: E402
-from apo_online.data_formats import convert_rows, load_task_data, read_rows  # noqa: E402
+from apo_online.data_formats import convert_rows, read_rows  # noqa: E402
+from apo_online.task import load_task_data  # noqa: E402
 from apo_online.evaluation import reward_scores  # noqa: E402
 from apo_online.run_loading import LoadedRun, load_fresh, load_run  # noqa: E402
 from eval.plots import reliability_diagram  # noqa: E402

@@ -8,7 +8,8 @@ import pytest
 
 from apo_online.config import DataConfig
 from apo_online.data import PreferencePair, PromptExample
-from apo_online.data_formats import DataFormatError, convert_rows, detect_format, load_task_data, read_rows
+from apo_online.data_formats import DataFormatError, convert_rows, detect_format, read_rows
+from apo_online.task import load_task_data
 from apo_online.reward import SampleBuffer
 
 SINGLE = [{"role": "user", "content": "What is the capital of France?"}]

@@ -5,7 +5,7 @@ import pytest
 
 from apo_online import judged_task
 from apo_online.config import DataConfig, ModelConfig
-from apo_online.data_formats import load_task_data
+from apo_online.task import load_task_data
 from apo_online.gold_judge import load_gold_judge, question_text
 
 
