@@ -90,7 +90,7 @@ class APOGame:
             self.buffer.add_offline_samples(self.encoder, self.prompts, self.task.train_prompts)
         self.rm_step = AdversarialRewardStep(self.ctx, config.rm, self.prompts, self.pairs, self.scorer,
                                              seed=config.game.seed + self.accelerator.process_index)
-        self.policy_optimizer.setup(self.ctx, self)
+        self.policy_optimizer.setup(self.ctx, config)
         self.step, self.warmed_up = 0, False
         self.stop_signal: int | None = None  # the signal that asked this run to stop
         self.last_checkpoint: Path | None = None

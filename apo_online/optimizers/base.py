@@ -5,7 +5,7 @@ A policy optimizer is any object with:
   roles: tuple[str, ...]                     adapters it trains, e.g. ("policy", "value") for PPO
   learning_rates() -> dict[str, float]       learning rate of each role it trains
   rollout_spec() -> RolloutSpec              samples per prompt, whether it needs values / reference log-probs
-  setup(ctx: TrainingContext, game) -> None  called once after accelerate has prepared the model
+  setup(ctx: TrainingContext, config) -> None  called once after accelerate has prepared the model (config: Config)
   step(rollout: Rollout) -> dict[str, float] one policy update on a fresh rollout; returns metrics to log
   state_dict() / load_state_dict(state)      its own resumable state (e.g. an adaptive KL coefficient)
 
@@ -49,7 +49,7 @@ class PolicyOptimizer(Protocol):
 
     def rollout_spec(self) -> RolloutSpec: ...
 
-    def setup(self, ctx, game) -> None: ...
+    def setup(self, ctx, config) -> None: ...
 
     def step(self, rollout: Rollout) -> dict[str, float]: ...
 
@@ -77,9 +77,9 @@ class SeededPolicyOptimizer:
     def learning_rates(self) -> dict[str, float]:
         return {"policy": self.config.learning_rate}
 
-    def setup(self, ctx, game) -> None:
+    def setup(self, ctx, config) -> None:
         self.ctx = ctx
-        self.generator.manual_seed(game.config.game.seed + self.seed_offset + 1000 * ctx.accelerator.process_index)
+        self.generator.manual_seed(config.game.seed + self.seed_offset + 1000 * ctx.accelerator.process_index)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

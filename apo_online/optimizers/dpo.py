@@ -98,9 +98,9 @@ class OnlineDPO(SeededPolicyOptimizer):
         # samples_per_prompt None: rollout.samples_per_prompt (validate_dpo requires >= 2)
         return RolloutSpec(needs_values=False, needs_ref_logprobs=self.config.logprob_temperature is None)
 
-    def setup(self, ctx, game) -> None:
-        super().setup(ctx, game)
-        self.forward_batch_size = game.config.rollout.forward_batch_size
+    def setup(self, ctx, config) -> None:
+        super().setup(ctx, config)
+        self.forward_batch_size = config.rollout.forward_batch_size
 
     # ---------------------------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -17,6 +17,7 @@ import torch
 
 from apo_online import losses
 from apo_online.errors import ConfigError
+from apo_online.optimizers.base import SeededPolicyOptimizer
 from apo_online.optimizers.registry import register_optimizer
 from apo_online.rollout import Rollout, RolloutSpec
 
@@ -57,15 +58,13 @@ def validate_ppo(config, world_size: int) -> None:
 
 
 @register_optimizer("ppo", PPOConfig, validate_ppo)
-class PPO:
+class PPO(SeededPolicyOptimizer):
     name = "ppo"
     roles = ("policy", "value")
 
     def __init__(self, config: PPOConfig):
-        self.config = config
-        self.kl_coef = config.kl_coef
-        self.generator = torch.Generator()
-        self.ctx = None
+        super().__init__(config)
+        self.kl_coef = config.kl_coef  # moves under the adaptive controller: checkpointed
 
     def learning_rates(self) -> dict[str, float]:
         return {"policy": self.config.learning_rate, "value": self.config.value_learning_rate}
@@ -73,16 +72,12 @@ class PPO:
     def rollout_spec(self) -> RolloutSpec:
         return RolloutSpec(needs_values=True, needs_ref_logprobs=True)
 
-    def setup(self, ctx, game) -> None:
-        self.ctx = ctx
-        self.generator.manual_seed(game.config.game.seed + 1000 * ctx.accelerator.process_index)
-
     def state_dict(self) -> dict:
-        return {"kl_coef": self.kl_coef, "generator": self.generator.get_state()}
+        return super().state_dict() | {"kl_coef": self.kl_coef}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self.kl_coef = state["kl_coef"]
-        self.generator.set_state(state["generator"])
 
     # ---------------------------------------------------------------------------------------------------------------
     def _global_whiten(self, values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
