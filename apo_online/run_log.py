@@ -53,9 +53,11 @@ class MetricsLog:
         if self.accelerator.is_main_process:
             # The config into the run's own event file (TensorBoard's HPARAMS tab). accelerate's `config=` would
             # write it into two timestamped subfolders, which TensorBoard lists as two extra, empty runs.
-            writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
-            for summary in hparams_summaries(hparams, metric_dict={}):
-                writer.file_writer.add_summary(summary)
+            # None: an Accelerator made without log_with (as in tests) has no TensorBoard writer
+            writer = getattr(self.accelerator.get_tracker("tensorboard", unwrap=True), "file_writer", None)
+            if writer is not None:
+                for summary in hparams_summaries(hparams, metric_dict={}):
+                    writer.add_summary(summary)
 
     def log(self, metrics: dict[str, float], step: int) -> dict[str, float]:
         """Average each metric over processes, then write it (main process). Collective."""

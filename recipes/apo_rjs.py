@@ -11,7 +11,10 @@ Defaults come from recipes/configs/apo_rjs.yaml; any field can be overridden wit
 import sys
 from pathlib import Path
 
-from apo_online.cli import main
+# run as a file: import this checkout's package (an installed copy, if any, comes second)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from apo_online.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], default_yaml=Path(__file__).parent / "configs" / "apo_rjs.yaml"))

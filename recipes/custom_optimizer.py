@@ -26,12 +26,15 @@ from pathlib import Path
 
 import torch
 
-from apo_online import losses
-from apo_online.cli import main
-from apo_online.errors import ConfigError
-from apo_online.optimizers import SeededPolicyOptimizer, register_optimizer
-from apo_online.optimizers.schedule import UpdateSchedule, policy_logprobs, train_on_items
-from apo_online.rollout import Rollout, RolloutSpec
+# run as a file: import this checkout's package (an installed copy, if any, comes second)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from apo_online import losses  # noqa: E402
+from apo_online.cli import main  # noqa: E402
+from apo_online.errors import ConfigError  # noqa: E402
+from apo_online.optimizers import SeededPolicyOptimizer, register_optimizer  # noqa: E402
+from apo_online.optimizers.schedule import UpdateSchedule, policy_logprobs, train_on_items  # noqa: E402
+from apo_online.rollout import Rollout, RolloutSpec  # noqa: E402
 
 
 @dataclass
