@@ -25,11 +25,15 @@ def compared(tmp_path_factory, tiny_model_path):
     return output, summary
 
 
+def _not_json(token):
+    raise ValueError(f"{token} is not JSON")
+
+
 def test_compare_writes_summary_and_plots(compared):
     output, summary = compared
     assert list(summary["variants"]) == COMPARE_VARIANTS
     assert "apo_nosuchopt" in summary["skipped"]  # an unregistered optimizer is skipped, not fatal
-    on_disk = json.loads((output / "summary.json").read_text())
+    on_disk = json.loads((output / "summary.json").read_text(), parse_constant=_not_json)  # strict JSON: no NaN
     assert list(on_disk["variants"]) == COMPARE_VARIANTS
     for png in ["curves.png"] + [f"reliability_{name}.png" for name in COMPARE_VARIANTS]:
         assert (output / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
