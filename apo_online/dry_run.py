@@ -18,7 +18,7 @@ from apo_online.task import load_task_data
 from apo_online.judged_task import missing_queries
 from apo_online.model_loading import ensure_distinct_pad_token, load_tokenizer
 from apo_online.optimizers.base import build_policy_optimizer
-from apo_online.reward import untrained_rm_reason
+from apo_online.reward import untrained_rm_reason, warmup_step_count
 
 
 def plan(config: Config) -> list[str]:
@@ -70,8 +70,8 @@ def rm_lines(config: Config, pairs: int, with_gold: int, untrained: str | None) 
         return [f"RM: UNTRAINED at the start (rm.allow_untrained): {untrained}"]
     else:
         per_step = max(1, min(rm.pairs_per_step, pairs)) * world
-        steps = rm.warmup_steps if rm.warmup_steps is not None else -(-pairs // per_step)
-        lines = [f"RM warm-up: {steps} Bradley-Terry steps on {pairs} human pairs ({per_step} per step)"]
+        lines = [f"RM warm-up: {warmup_step_count(rm, pairs, world)} Bradley-Terry steps on {pairs} human pairs "
+                 f"({per_step} per step)"]
     if not rm.update_every:
         return lines + ["RM updates: none (rm.update_every 0: a frozen RM)"]
     guard = "stop-token samples only" if rm.eos_only else "every sample"

@@ -118,8 +118,7 @@ def build_candidates(model_config, queries: dict[str, list[str]], judge: Callabl
     missing."""
     path = cache_path(model_config.model_name_or_path, model_config.cache_dir)
     with file_lock(path.with_suffix(".lock")):
-        source = path if path.is_file() else SHIPPED / path.name  # the shipped build for the default model
-        cached = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else {}
+        cached = _cached_candidates(path)
         missing = [q for q in queries if q not in cached]
         if missing:
             logging.getLogger(__name__).warning(
@@ -179,11 +178,15 @@ def _queries(base: TaskData, data_config) -> dict[str, list[str]]:
     return {question_text(p.messages): p.references for p in base.eval_prompts + policy}
 
 
+def _cached_candidates(path: Path) -> dict:
+    """The candidates cached at `path`, else the shipped build of that name (the default model's), else none."""
+    source = path if path.is_file() else SHIPPED / path.name
+    return json.loads(source.read_text(encoding="utf-8")) if source.is_file() else {}
+
+
 def missing_queries(model_config, data_config, seed: int = 0) -> int:
     """How many of a run's queries the cached (or shipped) testbed lacks: what a run would sample first."""
-    path = cache_path(model_config.model_name_or_path, model_config.cache_dir)
-    source = path if path.is_file() else SHIPPED / path.name
-    cached = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else {}
+    cached = _cached_candidates(cache_path(model_config.model_name_or_path, model_config.cache_dir))
     return sum(q not in cached for q in _queries(build_embedded_task(seed), data_config))
 
 

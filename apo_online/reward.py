@@ -115,6 +115,13 @@ def untrained_rm_reason(config, task) -> str | None:
     return reason
 
 
+def warmup_step_count(rm_config, num_pairs: int, processes: int) -> int:
+    """rm.warmup_steps, or when null one pass over the human pairs (each seen about once, over all processes)."""
+    if rm_config.warmup_steps is not None:
+        return rm_config.warmup_steps
+    return math.ceil(num_pairs / (max(1, min(rm_config.pairs_per_step, num_pairs)) * processes))
+
+
 class AdversarialRewardStep:
     """Warm-up (Bradley-Terry on human pairs) and the APO refits of the reward role."""
 
@@ -231,11 +238,7 @@ class AdversarialRewardStep:
 
     # ---------------------------------------------------------------------------------------------------------------
     def warmup_steps(self) -> int:
-        """rm.warmup_steps, or when null one pass over the human pairs (each seen about once, over all processes)."""
-        if self.cfg.warmup_steps is not None:
-            return self.cfg.warmup_steps
-        per_step = max(1, min(self.cfg.pairs_per_step, len(self.pairs))) * self.ctx.accelerator.num_processes
-        return math.ceil(len(self.pairs) / per_step)
+        return warmup_step_count(self.cfg, len(self.pairs), self.ctx.accelerator.num_processes)
 
     def warmup(self, steps: int | None = None, show_progress: bool = False) -> dict[str, float]:
         """Bradley-Terry training on human pairs before the game (None: self.warmup_steps()); its result is the base RM
