@@ -34,7 +34,9 @@ VARIANTS = ("apo_ppo_frozen_rm", "apo_ppo_refit")
 def overrides(size: str, variant: str, output_dir: str, args) -> list[str]:
     """The shared settings (the TRL side reads the same numbers from the exported JSON)."""
     values = {
-        "model.model_name_or_path": MODELS[size],
+        "model.model_name_or_path": args.model or MODELS[size],
+        "model.dtype": args.dtype,
+        "data.dataset_name": args.dataset,
         "game.output_dir": output_dir,
         "game.total_steps": args.warmup + args.updates,
         "game.eval_every": 0,
@@ -49,9 +51,10 @@ def overrides(size: str, variant: str, output_dir: str, args) -> list[str]:
         "rollout.logprobs_from_generation": args.logprobs_from_generation,  # what TRL always does
     }
     if variant == "apo_ppo_frozen_rm":  # RM never updated: the same work as TRL's PPO with a fixed RM
-        values.update({"rm.update_every": 0, "rm.warmup_steps": 0})
+        values.update({"rm.update_every": 0, "rm.warmup_steps": 0, "rm.allow_untrained": True})  # speed only
     else:  # APO refit every rm.update_every steps, as recipes/configs/apo_ppo.yaml sets it
         values.update({"rm.warmup_steps": args.rm_warmup_steps})
+    values.update(dict(item.split("=", 1) for item in args.set))
     out: list[str] = []
     for key, value in values.items():
         out += [f"--{key}", str(value)]
@@ -62,6 +65,13 @@ def peak_rss_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return (own + children) / 1024.0  # ru_maxrss is in KiB on Linux
+
+
+def peak_cuda_mb() -> float | None:
+    """Peak memory torch's CUDA allocator handed out in this process (None on CPU)."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
 def build_game(args, output_dir: str):
@@ -84,12 +94,15 @@ def export(game, path: Path, args) -> None:
     cfg, ppo = game.config, game.config.optimizer_config("ppo")
     tok = game.tokenizer
     data = {
-        "size": args.size,
+        "size": args.size, "dtype": cfg.model.dtype,
+        "lora_r": cfg.model.lora_r, "lora_alpha": cfg.model.lora_alpha,
+        "lora_target_modules": cfg.model.lora_target_modules,
         "model_path": resolve_model_path(cfg.model.model_name_or_path, cfg.model.cache_dir),
         "pad_token": tok.pad_token, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
         "prompts_per_step": cfg.rollout.prompts_per_step, "max_new_tokens": cfg.rollout.max_new_tokens,
         "temperature": cfg.rollout.temperature, "missing_eos_penalty": cfg.rollout.missing_eos_penalty,
-        "forward_batch_size": cfg.rollout.forward_batch_size, "gradient_checkpointing": cfg.model.gradient_checkpointing,
+        "forward_batch_size": cfg.rollout.forward_batch_size,
+        "gradient_checkpointing": cfg.model.gradient_checkpointing,
         "ppo_epochs": ppo.ppo_epochs, "num_minibatches": ppo.num_minibatches, "kl_coef": ppo.kl_coef,
         "cliprange": ppo.cliprange, "cliprange_value": ppo.cliprange_value, "vf_coef": ppo.vf_coef,
         "gamma": ppo.gamma, "lam": ppo.lam, "learning_rate": ppo.learning_rate,
@@ -137,7 +150,7 @@ def run(game, args) -> dict:
         "rm_time": sum(m["timing/rm_update_s"] for m in timed),
         "wall_time": wall,
         "tokens_generated": int(sum(m["tokens"] for m in timed)),
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(), "peak_cuda_mb": peak_cuda_mb(), "device": str(game.ctx.device),
     }
 
 
@@ -145,6 +158,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--variant", choices=VARIANTS, default="apo_ppo_frozen_rm")
+    parser.add_argument("--model", help="a model folder instead of the size's built-in model (bench/gpu_bench.py)")
+    parser.add_argument("--dataset", default="embedded_judged",
+                        help="data.dataset_name (the recipe's testbed; 'embedded' for a model the testbed was not "
+                             "built for: the testbed samples its candidates from the model)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="any other config override, after the benchmark's own (repeatable)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model.dtype")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--updates", type=int, default=3)
     parser.add_argument("--prompts-per-step", type=int, default=8)

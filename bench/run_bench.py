@@ -8,6 +8,7 @@ peak RSS is clean), each running --warmup untimed then --updates timed PPO updat
   apo_ppo_frozen_rm  apo-online, RM never updated        (bench/apo_worker.py, this interpreter)
   apo_ppo_refit      apo-online, APO RM refit on          (bench/apo_worker.py)
   trl_ppo            TRL 1.12.0 PPOTrainer, four models   (bench/trl_worker.py, the TRL venv's interpreter)
+  trl_ppo_peft       the same with LoRA on the policy      (bench/trl_worker.py --peft; no reference copy)
 Then prints a table of medians, the ratios apo/trl for step time and peak RSS and the APO refit overhead
 (RM-update time / wall time of the timed updates), and writes bench/results.json.
 The TRL venv (bench/.venv-trl, pinned by bench/trl_constraints.txt) is created when missing.
@@ -29,7 +30,8 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 TRL_VENV = BENCH / ".venv-trl"
 ASSETS = BENCH / ".assets"
-VARIANTS = ("apo_ppo_frozen_rm", "apo_ppo_refit", "trl_ppo")
+VARIANTS = ("apo_ppo_frozen_rm", "apo_ppo_refit", "trl_ppo", "trl_ppo_peft")
+TRL_VARIANTS = ("trl_ppo", "trl_ppo_peft")
 
 
 def venv_python(venv: Path) -> Path:
@@ -63,9 +65,12 @@ def last_json_line(text: str) -> dict:
     raise ValueError("worker printed no JSON line")
 
 
-def run_worker(command: list[str], log: Path) -> dict:
+def run_worker(command: list[str], log: Path, path_first: tuple[str, ...] = ()) -> dict:
+    # path_first, the repo, then whatever the caller had (bench/gpu_check.sh puts carried wheels there)
+    path = os.pathsep.join([*path_first, str(REPO)]
+                           + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(REPO))
+               PYTHONPATH=path)
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -82,13 +87,30 @@ def summarize(runs: list[dict]) -> dict:
     out = {
         "step_s": median(median(r["step_times"]) for r in runs),
         "peak_rss_mb": median(r["peak_rss_mb"] for r in runs),
+        "peak_cuda_mb": median(r["peak_cuda_mb"] for r in runs) if runs[0].get("peak_cuda_mb") else None,
         "tokens_per_s": median(r["tokens_generated"] / sum(r["step_times"]) for r in runs),
+        "generation_tokens_per_s": median(r["tokens_generated"] / sum(r["generation_times"]) for r in runs),
         "generation_share": median(sum(r["generation_times"]) / sum(r["step_times"]) for r in runs),
         "rm_share": median(r["rm_time"] / r["wall_time"] for r in runs),
     }
     for key in ("rollout_times", "policy_update_times"):
         if key in runs[0]:
             out[key.replace("_times", "_s")] = median(median(r[key]) for r in runs)
+    return out
+
+
+def ratios(summary: dict, memory_key: str, memory_name: str) -> dict[str, float]:
+    """apo-online / TRL step time and peak memory, against each TRL variant present, and the refit's RM share."""
+    out: dict[str, float] = {}
+    for trl in TRL_VARIANTS:
+        suffix = "trl" if trl == "trl_ppo" else "trl_peft"
+        for variant in ("apo_ppo_frozen_rm", "apo_ppo_refit"):
+            if variant in summary and trl in summary:
+                out[f"{variant}/{suffix} step time"] = summary[variant]["step_s"] / summary[trl]["step_s"]
+                if summary[trl].get(memory_key):
+                    out[f"{variant}/{suffix} {memory_name}"] = summary[variant][memory_key] / summary[trl][memory_key]
+    if "apo_ppo_refit" in summary:
+        out["refit overhead share of wall time"] = summary["apo_ppo_refit"]["rm_share"]
     return out
 
 
@@ -123,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--apo-python", default=sys.executable, help="interpreter of the library venv")
     parser.add_argument("--output", type=Path, default=BENCH / "results.json")
     args = parser.parse_args(argv)
-    trl_python = ensure_trl_venv() if "trl_ppo" in args.variants else None
+    trl_python = ensure_trl_venv() if set(TRL_VARIANTS) & set(args.variants) else None
     common = ["--warmup", str(args.warmup), "--updates", str(args.updates), "--threads", str(args.threads)]
     apo_flags = (["--gradient-checkpointing"] if args.gradient_checkpointing else []) + (
         ["--logprobs-from-generation"] if args.logprobs_from_generation else [])
@@ -138,8 +160,9 @@ def main(argv: list[str] | None = None) -> None:
                    ASSETS / "logs" / f"{size}_export.log")
         for repeat in range(args.repeats):  # interleave the variants so that load changes hit them alike
             for variant in args.variants:
-                if variant == "trl_ppo":
-                    command = [str(trl_python), "bench/trl_worker.py", "--assets", str(assets)] + common
+                if variant in TRL_VARIANTS:
+                    command = ([str(trl_python), "bench/trl_worker.py", "--assets", str(assets)] + common
+                               + (["--peft"] if variant == "trl_ppo_peft" else []))
                 else:
                     command = ([args.apo_python, "bench/apo_worker.py", "--size", size, "--variant", variant] + common
                                + apo_flags)
@@ -149,16 +172,7 @@ def main(argv: list[str] | None = None) -> None:
                 results["runs"].setdefault(size, {}).setdefault(variant, []).append(result)
                 args.output.write_text(json.dumps(results, indent=1), encoding="utf-8")  # partial results kept
         summary = {variant: summarize(runs) for variant, runs in results["runs"][size].items()}
-        if "trl_ppo" in summary:
-            trl, ratios = summary["trl_ppo"], {}
-            for variant in ("apo_ppo_frozen_rm", "apo_ppo_refit"):
-                if variant in summary:
-                    ratios[f"{variant}/trl step time"] = summary[variant]["step_s"] / trl["step_s"]
-                    ratios[f"{variant}/trl peak RSS"] = summary[variant]["peak_rss_mb"] / trl["peak_rss_mb"]
-            summary["ratios"] = ratios
-        if "apo_ppo_refit" in summary:
-            summary["ratios"] = summary.get("ratios", {}) | {"refit overhead share of wall time":
-                                                              summary["apo_ppo_refit"]["rm_share"]}
+        summary["ratios"] = ratios(summary, "peak_rss_mb", "peak RSS")
         results["summary"][size] = summary
     results["machine"]["loadavg_after"] = os.getloadavg()
     args.output.write_text(json.dumps(results, indent=1), encoding="utf-8")

@@ -1,0 +1,129 @@
+"""apo-online PPO vs TRL 1.12.0's PPOTrainer on randomly initialised Llamas: generation tokens/s, step time, peak
+CUDA memory, into one JSON. Run by bench/gpu_check.sh; needs no weights and no network.
+
+    python bench/gpu_bench.py --output /tmp/gpu_bench.json            # CUDA: both shapes in bfloat16
+    python bench/gpu_bench.py --output /tmp/gpu_bench.json --cpu      # the CPU fallback: 2-layer cuts, float32
+
+Shapes (config only, weights drawn at seed 0): `smollm2-135m` (SmolLM2-135M: 30 layers, width 576, vocab 49152) and
+`llama-1b` (Llama-3.2-1B: 16 layers, width 2048, vocab 128256). Both use the tiny BPE tokenizer (1024 tokens, ChatML
+template); the model keeps its full vocabulary, so the output layer and log-prob costs are the real ones. Random
+weights rarely emit the stop token, so every response runs to --max-new-tokens on both sides alike.
+Variants, each in a fresh process, one after the other: apo_ppo_frozen_rm, apo_ppo_refit (bench/apo_worker.py),
+trl_ppo and trl_ppo_peft (bench/trl_worker.py, the same interpreter with --trl-path first on PYTHONPATH: a folder
+holding TRL 1.12.0, the last release with PPOTrainer, while apo-online runs on the TRL it pins). The JSON is
+rewritten after every run, so a run stopped at its time limit keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))
+
+from run_bench import ratios, run_worker, summarize  # noqa: E402
+
+SHAPES = {  # LlamaConfig fields of each shape
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0, tie_word_embeddings=True),
+    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                     num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=True),
+}
+CPU_LAYERS = 2  # the CPU fallback keeps each shape's widths and vocabulary but only this many layers
+VARIANTS = ("apo_ppo_frozen_rm", "apo_ppo_refit", "trl_ppo", "trl_ppo_peft")
+
+
+def build_random_model(shape: str, folder: Path, dtype: str, layers: int | None) -> dict:
+    """Save a seed-0 random Llama of `shape` with the tiny tokenizer in `folder`; returns its parameter count."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from apo_online.model_loading import train_tiny_tokenizer
+
+    tokenizer = train_tiny_tokenizer()
+    fields = dict(SHAPES[shape], max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if layers is not None:
+        fields["num_hidden_layers"] = layers
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):  # drawing 1B weights on the CPU takes longer than the benchmark
+        model = LlamaForCausalLM(LlamaConfig(**fields)).to(getattr(torch, dtype))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    count = sum(p.numel() for p in model.parameters())
+    del model
+    return {"parameters": count, "layers": fields["num_hidden_layers"], "dtype": dtype}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--cpu", action="store_true", help="the CPU fallback: float32, 2-layer cuts, fewer tokens")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--updates", type=int, default=4, help="timed; 4 = one refit at the recipe's cadence")
+    parser.add_argument("--prompts-per-step", type=int, default=None, help="default 16 on CUDA, 4 on the CPU")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 64 on CUDA, 8 on the CPU")
+    parser.add_argument("--trl-path", default="", help="folder holding TRL 1.12.0 (pip install --target)")
+    parser.add_argument("--work-dir", type=Path, default=BENCH / ".assets" / "gpu")
+    args = parser.parse_args(argv)
+    import torch
+
+    if not args.cpu and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: pass --cpu for the CPU fallback")
+    dtype, layers = ("float32", CPU_LAYERS) if args.cpu else ("bfloat16", None)
+    prompts = args.prompts_per_step or (4 if args.cpu else 16)
+    new_tokens = args.max_new_tokens or (8 if args.cpu else 64)
+    common = ["--warmup", str(args.warmup), "--updates", str(args.updates)]
+    apo_common = common + ["--prompts-per-step", str(prompts), "--max-new-tokens", str(new_tokens), "--dtype", dtype,
+                           # human gold: the judged testbed is built for SmolLM2's weights; random weights never
+                           # stop, so the stop-token guard would leave the APO term without samples
+                           "--dataset", "embedded", "--set", "rm.eos_only=false"]
+    results: dict = {
+        "settings": {"dtype": dtype, "prompts_per_step": prompts, "max_new_tokens": new_tokens,
+                     "warmup": args.warmup, "updates": args.updates, "cpu_fallback": args.cpu},
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+                    "python": platform.python_version(), "torch": torch.__version__,
+                    "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "shapes": {}, "runs": {}, "summary": {},
+    }
+    started = time.perf_counter()
+    for shape in args.shapes:
+        folder = args.work_dir / shape
+        results["shapes"][shape] = build_random_model(shape, folder, dtype, layers)
+        assets = args.work_dir / f"{shape}.json"
+        apo = [sys.executable, "bench/apo_worker.py", "--size", "tiny", "--model", str(folder)]
+        run_worker(apo + apo_common + ["--export", str(assets)], args.work_dir / "logs" / f"{shape}_export.log")
+        for variant in args.variants:
+            if variant.startswith("trl"):
+                command = [sys.executable, "bench/trl_worker.py", "--assets", str(assets)] + common
+                command += ["--peft"] if variant == "trl_ppo_peft" else []
+            else:
+                command = apo + ["--variant", variant] + apo_common
+            first = (args.trl_path,) if variant.startswith("trl") and args.trl_path else ()
+            result = run_worker(command, args.work_dir / "logs" / f"{shape}_{variant}.log", first)
+            results["runs"].setdefault(shape, {})[variant] = [result]
+            summary = {v: summarize(runs) for v, runs in results["runs"][shape].items()}
+            memory = ("peak_rss_mb", "peak RSS") if args.cpu else ("peak_cuda_mb", "peak CUDA memory")
+            results["summary"][shape] = summary | {"ratios": ratios(summary, *memory)}
+            results["elapsed_s"] = time.perf_counter() - started
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(results, indent=1), encoding="utf-8")
+            print(f"{shape} {variant}: step {summary[variant]['step_s']:.3f}s, generation "
+                  f"{summary[variant]['generation_tokens_per_s']:.0f} tok/s, peak CUDA "
+                  f"{summary[variant]['peak_cuda_mb'] or 0:.0f} MB, peak RSS {summary[variant]['peak_rss_mb']:.0f} MB "
+                  f"({time.perf_counter() - started:.0f}s)", flush=True)
+    print(json.dumps(results["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""The benchmark's ratios (bench/run_bench.py): apo-online / TRL against both TRL variants, by hand."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from run_bench import ratios  # noqa: E402
+
+
+def test_ratios_against_both_trl_variants_and_the_refit_share():
+    summary = {
+        "apo_ppo_frozen_rm": {"step_s": 2.0, "peak_cuda_mb": 100.0, "rm_share": 0.0},
+        "apo_ppo_refit": {"step_s": 3.0, "peak_cuda_mb": 120.0, "rm_share": 0.25},
+        "trl_ppo": {"step_s": 4.0, "peak_cuda_mb": 400.0},
+        "trl_ppo_peft": {"step_s": 6.0, "peak_cuda_mb": 300.0},
+    }
+    out = ratios(summary, "peak_cuda_mb", "peak CUDA memory")
+    assert out == pytest.approx({
+        "apo_ppo_frozen_rm/trl step time": 0.5, "apo_ppo_frozen_rm/trl peak CUDA memory": 0.25,
+        "apo_ppo_refit/trl step time": 0.75, "apo_ppo_refit/trl peak CUDA memory": 0.3,
+        "apo_ppo_frozen_rm/trl_peft step time": 2.0 / 6.0, "apo_ppo_frozen_rm/trl_peft peak CUDA memory": 1.0 / 3.0,
+        "apo_ppo_refit/trl_peft step time": 0.5, "apo_ppo_refit/trl_peft peak CUDA memory": 0.4,
+        "refit overhead share of wall time": 0.25,
+    })
+
+
+def test_ratios_skip_a_missing_memory_figure_and_absent_variants():
+    summary = {"apo_ppo_frozen_rm": {"step_s": 2.0, "peak_cuda_mb": None, "rm_share": 0.0},
+               "trl_ppo": {"step_s": 4.0, "peak_cuda_mb": None}}
+    assert ratios(summary, "peak_cuda_mb", "peak CUDA memory") == {"apo_ppo_frozen_rm/trl step time": 0.5}
