@@ -96,7 +96,9 @@ def resolve_model_path(name: str, cache_dir: str | None = None) -> str:
     folder, build = builders[name]
     target = cache_root(cache_dir) / folder
     if not (target / "config.json").is_file():
-        with file_lock(cache_root(cache_dir) / f".{folder}.lock"):
+        # fork_rng: the builders seed and draw from torch's global generator, which must not depend on whether
+        # the cache was warm (a first run on a fresh machine would otherwise sample differently at the same seed)
+        with file_lock(cache_root(cache_dir) / f".{folder}.lock"), torch.random.fork_rng(devices=[]):
             if not (target / "config.json").is_file():
                 build(target)
     return str(target)

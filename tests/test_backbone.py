@@ -155,3 +155,15 @@ def test_gradient_checkpointing_recomputes_layers_and_keeps_results(backbone):
         assert torch.allclose(plain_grads[name], ckpt_grads[name], atol=1e-5), name
     backbone.gradient_checkpointing_disable()
     assert not any(layer.training for layer in layers)
+
+
+def test_building_a_cached_model_leaves_the_callers_random_state_alone(tmp_path):
+    """A first run (cold cache: the tiny model is built, which seeds and draws) samples like a later one (warm)."""
+    from apo_online.model_loading import resolve_model_path
+
+    torch.manual_seed(123)
+    resolve_model_path("tiny-llama", str(tmp_path))  # cold: builds
+    cold = torch.rand(3)
+    torch.manual_seed(123)
+    resolve_model_path("tiny-llama", str(tmp_path))  # warm: loads nothing, draws nothing
+    assert torch.equal(cold, torch.rand(3))

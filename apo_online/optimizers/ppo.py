@@ -3,10 +3,10 @@ RLHF with PPO").
 
 Per rollout: per-token KL penalty (k1 or k3) with the RM score added at the last valid token; GAE over response
 tokens (gamma=1, lambda=0.95 by default); advantages whitened over all processes. Then ppo_epochs passes over the
-rollout in num_minibatches minibatches of gradient_accumulation_steps micro-batches each, with the clipped policy
-and clipped value losses. Every micro-batch loss is divided by the valid-token count of its whole minibatch
-(summed over processes), so the update does not depend on how the minibatch is split into micro-batches or
-processes.
+rollout in num_minibatches minibatches of gradient_accumulation_steps micro-batches each (the shared schedule of
+optimizers/schedule.py, with each row weighted by its valid tokens), with the clipped policy and clipped value
+losses. Every micro-batch loss is divided by the valid-token count of its whole minibatch (summed over processes),
+so the update does not depend on how the minibatch is split into micro-batches or processes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from apo_online import losses
 from apo_online.errors import ConfigError
 from apo_online.optimizers.base import SeededPolicyOptimizer
 from apo_online.optimizers.registry import register_optimizer
+from apo_online.optimizers.schedule import UpdateSchedule, train_on_items
 from apo_online.rollout import Rollout, RolloutSpec
 
 
@@ -102,56 +103,47 @@ class PPO(SeededPolicyOptimizer):
     def step(self, rollout: Rollout) -> dict[str, float]:
         cfg = self.config
         batch = self.compute_advantages(rollout)
-        sums = {"policy_loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0, "vf_clipfrac": 0.0, "approx_kl": 0.0}
-        total_tokens, grad_norms = 0.0, []
-        rows = len(rollout)
-        minibatch = rows // cfg.num_minibatches
-        micro = minibatch // cfg.gradient_accumulation_steps
-        with self.ctx.phase(self.roles):
-            for _ in range(cfg.ppo_epochs):
-                order = torch.randperm(rows, generator=self.generator).to(rollout.input_ids.device)
-                for start in range(0, rows, minibatch):
-                    indices = order[start : start + minibatch]
-                    num_tokens = self.ctx.global_sum(rollout.response_mask[indices].sum()).clamp(min=1.0)
-                    num_tokens = num_tokens / self.ctx.accelerator.num_processes  # DDP averages gradients
-                    for k in range(cfg.gradient_accumulation_steps):
-                        part = indices[k * micro : (k + 1) * micro]
-                        stats = self._micro_step(rollout, batch, part, num_tokens,
-                                                 is_last=k == cfg.gradient_accumulation_steps - 1)
-                        for key in sums:
-                            sums[key] += stats[key]
-                    total_tokens += float(num_tokens)
-                    grad_norms.append(self.ctx.optimizer_step()["grad_norm"])
+        schedule = UpdateSchedule(cfg.ppo_epochs, cfg.num_minibatches, cfg.gradient_accumulation_steps)
+        tokens_per_row = rollout.response_mask.sum(1)  # each minibatch's loss is a mean over its valid tokens
+
+        def micro_loss(part: torch.Tensor, num_tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+            return self._micro_loss(rollout, batch, part, num_tokens)
+
+        sums = train_on_items(self.ctx, rollout, self.roles, tokens_per_row, schedule, self.generator, micro_loss)
+        # every row once per epoch: the minibatch normalisers add up to this
+        processes = self.ctx.accelerator.num_processes
+        total_tokens = cfg.ppo_epochs * float(self.ctx.global_sum(tokens_per_row.sum())) / processes
         if cfg.adaptive_kl:
+            rows = len(rollout)
             mean_kl = float(self.ctx.global_sum(batch["kl"].sum()) / self.ctx.global_sum(rows))
             self.kl_coef = losses.adaptive_kl_coef(self.kl_coef, mean_kl, cfg.target_kl, cfg.kl_horizon, rows)
-        return self._metrics(rollout, batch, sums, total_tokens, grad_norms)
+        return self._metrics(rollout, batch, sums, total_tokens)
 
-    def _micro_step(self, rollout: Rollout, batch, part: torch.Tensor, num_tokens, is_last: bool) -> dict:
+    def _micro_loss(self, rollout: Rollout, batch, part: torch.Tensor, num_tokens) -> tuple[torch.Tensor, dict]:
+        """Clipped policy loss + vf_coef x clipped value loss of some rows, each a sum over tokens / num_tokens."""
         cfg, P = self.config, rollout.prompt_length
         mask = rollout.response_mask[part]
-        width = int(mask.sum(1).max().item()) if mask.numel() else 1  # drop columns that are padding everywhere
-        width = max(width, 1)
+        width = max(int(mask.sum(1).max().item()), 1)  # drop columns that are padding everywhere
         mask = mask[:, :width]
-        with self.ctx.micro_batch(is_last):
-            out = self.ctx.model(rollout.input_ids[part, : P + width], rollout.attention_mask[part, : P + width],
-                                 roles=("policy", "value"), response_start=P, temperature=rollout.temperature)
-            pg_loss, pg_stats = losses.ppo_policy_loss(
-                out["policy"], rollout.logprobs[part, :width], batch["advantages"][part, :width], mask,
-                cfg.cliprange, num_tokens)
-            vf_loss, vf_stats = losses.ppo_value_loss(
-                out["value"], rollout.values[part, :width], batch["returns"][part, :width], mask,
-                cfg.cliprange_value, num_tokens)
-            self.ctx.backward(pg_loss + cfg.vf_coef * vf_loss)
+        out = self.ctx.model(rollout.input_ids[part, : P + width], rollout.attention_mask[part, : P + width],
+                             roles=("policy", "value"), response_start=P, temperature=rollout.temperature)
+        pg_loss, pg_stats = losses.ppo_policy_loss(
+            out["policy"], rollout.logprobs[part, :width], batch["advantages"][part, :width], mask,
+            cfg.cliprange, num_tokens)
+        vf_loss, vf_stats = losses.ppo_value_loss(
+            out["value"], rollout.values[part, :width], batch["returns"][part, :width], mask,
+            cfg.cliprange_value, num_tokens)
         n = float(num_tokens)
-        return {"policy_loss": pg_loss.item() * n, "value_loss": vf_loss.item() * n,
-                "clipfrac": pg_stats["clipfrac_sum"].item(), "vf_clipfrac": vf_stats["vf_clipfrac_sum"].item(),
-                "approx_kl": pg_stats["approx_kl_sum"].item()}
+        return pg_loss + cfg.vf_coef * vf_loss, {
+            "policy_loss": pg_loss.item() * n, "value_loss": vf_loss.item() * n,
+            "clipfrac": pg_stats["clipfrac_sum"].item(), "vf_clipfrac": vf_stats["vf_clipfrac_sum"].item(),
+            "approx_kl": pg_stats["approx_kl_sum"].item()}
 
-    def _metrics(self, rollout: Rollout, batch, sums, total_tokens: float, grad_norms: list[float]) -> dict:
+    def _metrics(self, rollout: Rollout, batch, sums: dict[str, float], total_tokens: float) -> dict:
         mask = rollout.response_mask
         sequence_kl = batch["kl"].sum(1)
-        metrics = {f"ppo/{key}": value / max(total_tokens, 1.0) for key, value in sums.items()}
+        metrics = {f"ppo/{key}": sums.get(key, 0.0) / max(total_tokens, 1.0)
+                   for key in ("policy_loss", "value_loss", "clipfrac", "vf_clipfrac", "approx_kl")}
         metrics.update({
             "objective/kl": sequence_kl.mean().item(),
             "objective/scores": rollout.scores.mean().item(),
@@ -159,7 +151,7 @@ class PPO(SeededPolicyOptimizer):
             "objective/rlhf_reward": (rollout.scores - self.kl_coef * sequence_kl).mean().item(),
             "objective/entropy": (-(rollout.logprobs * mask).sum(1)).mean().item(),
             "ppo/kl_coef": self.kl_coef,
-            "ppo/grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
+            "ppo/grad_norm": sums["grad_norm"],
             "ppo/returns_mean": losses.masked_mean(batch["returns"], mask).item(),
             "ppo/values_mean": losses.masked_mean(rollout.values, mask).item(),
         })

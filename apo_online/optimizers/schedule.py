@@ -1,14 +1,15 @@
-"""The update schedule of the optimizers that train on items picked from a rollout (DPO pairs, RJS winners).
+"""The update schedule of every built-in policy optimizer: items of a rollout (PPO rows weighted by their response
+tokens, DPO pairs, RJS winners) trained in epochs x minibatches x accumulation.
 
-Such optimizers select a number of items that differs from step to step and from process to process (ties are
+DPO and RJS select a number of items that differs from step to step and from process to process (ties are
 skipped, winners below a threshold dropped). `train_on_items` still gives every process the same sequence of
 micro-batches, backward calls and optimizer steps, because each of those is a collective under DDP/DeepSpeed:
 
   epochs x num_minibatches x gradient_accumulation_steps
   - each epoch shuffles this process's items and cuts them into num_minibatches minibatches, each into
     gradient_accumulation_steps micro-batches (torch.tensor_split: sizes differ by at most one, some may be empty);
-  - a micro-batch loss is divided by the minibatch's total weight over all processes (pairs for DPO, response
-    tokens for SFT), times the number of processes since DDP averages gradients, so the update is the gradient of
+  - a micro-batch loss is divided by the minibatch's total weight over all processes (response tokens for PPO
+    and SFT, pairs for DPO), times the number of processes since DDP averages gradients, so the update is the gradient of
     the minibatch mean whatever the micro-batch layout or process count (as PPO does with token counts);
   - a micro-batch that is empty on this process runs a zero-weighted forward so that the backward still happens;
   - a minibatch that is empty on every process is skipped by all of them (they all see the same global weight).
