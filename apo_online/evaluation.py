@@ -17,9 +17,10 @@ from trl.models.utils import unwrap_model_for_generation
 
 from apo_online.calibration import pair_calibration, preference_accuracy
 from apo_online.errors import ConfigError
-from apo_online.data import join_prompt_response, left_pad
+from apo_online.data import left_pad
 from apo_online.task import BUILTIN_TASKS
 from apo_online.gold_judge import load_gold_judge, question_text
+from apo_online.reward_model import reward_role_scores
 from apo_online.rollout import score_sequences, truncate_at_stop
 
 EVAL_SEED_OFFSET = 7919  # eval samples use their own seed: the same every evaluation, apart from training's stream
@@ -91,13 +92,11 @@ def sample_responses(backbone, tokenizer, prompt_ids: list[list[int]], role: str
 @torch.no_grad()
 def reward_scores(backbone, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int,
                   batch_size: int = 16) -> torch.Tensor:
-    """Score of the reward role for each (prompt, response) token pair -> [B] float32 on the CPU."""
+    """Score of a loaded backbone's reward role for each (prompt, response) token pair -> [B] float32 on the CPU."""
     device = next(backbone.parameters()).device
-    scores = []
-    for start in range(0, len(prompt_ids), batch_size):
-        ids, mask, _ = join_prompt_response(prompt_ids[start : start + batch_size],
-                                            response_ids[start : start + batch_size], pad_id)
-        scores.append(backbone(ids.to(device), mask.to(device), roles=("reward",))["reward"].float().cpu())
+    scores = [reward_role_scores(backbone, device, pad_id, prompt_ids[i : i + batch_size],
+                                 response_ids[i : i + batch_size]).float().cpu()
+              for i in range(0, len(prompt_ids), batch_size)]
     return torch.cat(scores) if scores else torch.zeros(0)
 
 

@@ -24,6 +24,13 @@ def _copy_into(params: dict[str, torch.nn.Parameter], state: dict[str, torch.Ten
             params[name].copy_(value)
 
 
+def reward_role_scores(model, device, pad_id: int, prompt_ids: list[list[int]], responses: list[list[int]]):
+    """The backbone's reward role on rows of (prompt ids, response ids) -> [B] scores, with gradients.
+    The one scoring path of the shared RM outside a rollout (whose fused forward scores every role at once)."""
+    input_ids, attention_mask, _ = join_prompt_response(prompt_ids, responses, pad_id)
+    return model(input_ids.to(device), attention_mask.to(device), roles=("reward",))["reward"]
+
+
 class SharedRewardScorer:
     """The reward adapter and head of the shared backbone."""
 
@@ -31,9 +38,7 @@ class SharedRewardScorer:
         self.ctx, self.pad_id = ctx, pad_id
 
     def score(self, prompt_ids: list[list[int]], messages: list[Messages], responses: list[list[int]]) -> torch.Tensor:
-        input_ids, attention_mask, _ = join_prompt_response(prompt_ids, responses, self.pad_id)
-        device = self.ctx.device
-        return self.ctx.model(input_ids.to(device), attention_mask.to(device), roles=("reward",))["reward"]
+        return reward_role_scores(self.ctx.model, self.ctx.device, self.pad_id, prompt_ids, responses)
 
     def weights(self) -> dict[str, torch.Tensor]:
         return self.ctx.read_role_weights("reward")  # whole even under ZeRO-3
