@@ -26,7 +26,7 @@ def _copy_into(params: dict[str, torch.nn.Parameter], state: dict[str, torch.Ten
 
 def reward_role_scores(model, device, pad_id: int, prompt_ids: list[list[int]], responses: list[list[int]]):
     """The backbone's reward role on rows of (prompt ids, response ids) -> [B] scores, with gradients.
-    The one scoring path of the shared RM outside a rollout (whose fused forward scores every role at once)."""
+    The one scoring path of the shared RM outside a rollout (rollout.score_sequences scores every role together)."""
     input_ids, attention_mask, _ = join_prompt_response(prompt_ids, responses, pad_id)
     return model(input_ids.to(device), attention_mask.to(device), roles=("reward",))["reward"]
 
