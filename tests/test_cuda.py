@@ -13,7 +13,7 @@ import torch
 
 from tests.conftest import make_game
 
-pytestmark = pytest.mark.skipif(False and not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 ROLES = ("policy", "value", "reward")
 DEVICE = "cuda"
