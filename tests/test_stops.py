@@ -40,8 +40,11 @@ def start(output: Path, num_processes: int = 1) -> subprocess.Popen:
         env["ACCELERATE_USE_CPU"] = "1"
         command += ["--multi_gpu", "--num_processes", str(num_processes), "--main_process_port", str(free_port())]
     log = open(output.parent / f"{output.name}.log", "w")
+    # SIGINT at its default, as in a terminal: a test session started in the background (`cmd &` in a script)
+    # inherits SIGINT ignored, and the launcher would then ignore the Ctrl-C these tests send
     return subprocess.Popen(command + [RECIPE] + run_args(output), cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def log_of(output: Path) -> str:
