@@ -144,12 +144,9 @@ class PPO(SeededPolicyOptimizer):
         sequence_kl = batch["kl"].sum(1)
         metrics = {f"ppo/{key}": sums.get(key, 0.0) / max(total_tokens, 1.0)
                    for key in ("policy_loss", "value_loss", "clipfrac", "vf_clipfrac", "approx_kl")}
-        metrics.update({
-            "objective/kl": sequence_kl.mean().item(),
-            "objective/scores": rollout.scores.mean().item(),
-            "objective/rm_scores": rollout.rm_scores.mean().item(),
+        metrics.update({  # the game logs objective/scores, rm_scores and entropy for every optimizer
+            "objective/kl": sequence_kl.mean().item(),  # with ppo.kl_estimator (the game's is k1)
             "objective/rlhf_reward": (rollout.scores - self.kl_coef * sequence_kl).mean().item(),
-            "objective/entropy": (-(rollout.logprobs * mask).sum(1)).mean().item(),
             "ppo/kl_coef": self.kl_coef,
             "ppo/grad_norm": sums["grad_norm"],
             "ppo/returns_mean": losses.masked_mean(batch["returns"], mask).item(),
