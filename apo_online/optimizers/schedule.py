@@ -9,8 +9,8 @@ micro-batches, backward calls and optimizer steps, because each of those is a co
   - each epoch shuffles this process's items and cuts them into num_minibatches minibatches, each into
     gradient_accumulation_steps micro-batches (torch.tensor_split: sizes differ by at most one, some may be empty);
   - a micro-batch loss is divided by the minibatch's total weight over all processes (response tokens for PPO
-    and SFT, pairs for DPO), times the number of processes since DDP averages gradients, so the update is the gradient of
-    the minibatch mean whatever the micro-batch layout or process count;
+    and SFT, pairs for DPO), times the number of processes since DDP averages gradients, so the update is the
+    gradient of the minibatch mean whatever the micro-batch layout or process count;
   - a micro-batch that is empty on this process runs a zero-weighted forward so that the backward still happens;
   - a minibatch that is empty on every process is skipped by all of them (they all see the same global weight).
 """
