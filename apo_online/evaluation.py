@@ -89,15 +89,19 @@ def sample_responses(backbone, tokenizer, prompt_ids: list[list[int]], role: str
         has_eos=torch.cat(parts["eos"]), kl=torch.cat(parts["kl"]), rm_scores=torch.cat(parts["rm"]))
 
 
+def _in_batches(score, rows: int, batch_size: int) -> torch.Tensor:
+    """score(slice of rows) -> scores, over all rows in batches -> [rows] float32 on the CPU."""
+    scores = [score(slice(i, i + batch_size)).float().cpu() for i in range(0, rows, batch_size)]
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
 @torch.no_grad()
 def reward_scores(backbone, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int,
                   batch_size: int = 16) -> torch.Tensor:
     """Score of a loaded backbone's reward role for each (prompt, response) token pair -> [B] float32 on the CPU."""
     device = next(backbone.parameters()).device
-    scores = [reward_role_scores(backbone, device, pad_id, prompt_ids[i : i + batch_size],
-                                 response_ids[i : i + batch_size]).float().cpu()
-              for i in range(0, len(prompt_ids), batch_size)]
-    return torch.cat(scores) if scores else torch.zeros(0)
+    return _in_batches(lambda rows: reward_role_scores(backbone, device, pad_id, prompt_ids[rows], response_ids[rows]),
+                       len(prompt_ids), batch_size)
 
 
 @torch.no_grad()
@@ -105,10 +109,8 @@ def scorer_scores(scorer, prompt_ids: list[list[int]], messages: list, response_
                   batch_size: int = 16) -> torch.Tensor:
     """A game's RM scorer (apo_online/reward_model.py: shared reward adapter or separate RM) on [B] rows of
     (prompt tokens, chat messages, response tokens) -> [B] float32 on the CPU."""
-    scores = [scorer.score(prompt_ids[i : i + batch_size], messages[i : i + batch_size],
-                           response_ids[i : i + batch_size]).float().cpu()
-              for i in range(0, len(prompt_ids), batch_size)]
-    return torch.cat(scores) if scores else torch.zeros(0)
+    return _in_batches(lambda rows: scorer.score(prompt_ids[rows], messages[rows], response_ids[rows]),
+                       len(prompt_ids), batch_size)
 
 
 def judged_pairs(judge_scores, prompt_positions: list[int], tie_tolerance: float = 1e-6) -> list[tuple[int, int]]:
