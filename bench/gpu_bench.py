@@ -28,7 +28,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-from run_bench import ratios, run_worker, summarize  # noqa: E402
+from run_bench import TRL_VARIANTS, VARIANTS, ratios, run_worker, summarize, trl_command  # noqa: E402
 
 SHAPES = {  # LlamaConfig fields of each shape
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -37,7 +37,6 @@ SHAPES = {  # LlamaConfig fields of each shape
                      num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=True),
 }
 CPU_LAYERS = 2  # the CPU fallback keeps each shape's widths and vocabulary but only this many layers
-VARIANTS = ("apo_ppo_frozen_rm", "apo_ppo_refit", "trl_ppo", "trl_ppo_peft")
 
 
 def build_random_model(shape: str, folder: Path, dtype: str, layers: int | None) -> dict:
@@ -96,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                     "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "shapes": {}, "runs": {}, "summary": {},
     }
+    memory = ("peak_rss_mb", "peak RSS") if args.cpu else ("peak_cuda_mb", "peak CUDA memory")
     started = time.perf_counter()
     for shape in args.shapes:
         folder = args.work_dir / shape
@@ -104,16 +104,13 @@ def main(argv: list[str] | None = None) -> None:
         apo = [sys.executable, "bench/apo_worker.py", "--size", "tiny", "--model", str(folder)]
         run_worker(apo + apo_common + ["--export", str(assets)], args.work_dir / "logs" / f"{shape}_export.log")
         for variant in args.variants:
-            if variant.startswith("trl"):
-                command = [sys.executable, "bench/trl_worker.py", "--assets", str(assets)] + common
-                command += ["--peft"] if variant == "trl_ppo_peft" else []
-            else:
-                command = apo + ["--variant", variant] + apo_common
-            first = (args.trl_path,) if variant.startswith("trl") and args.trl_path else ()
+            is_trl = variant in TRL_VARIANTS
+            command = trl_command(sys.executable, assets, common, variant) if is_trl else (
+                apo + ["--variant", variant] + apo_common)
+            first = (args.trl_path,) if is_trl and args.trl_path else ()
             result = run_worker(command, args.work_dir / "logs" / f"{shape}_{variant}.log", first)
             results["runs"].setdefault(shape, {})[variant] = [result]
             summary = {v: summarize(runs) for v, runs in results["runs"][shape].items()}
-            memory = ("peak_rss_mb", "peak RSS") if args.cpu else ("peak_cuda_mb", "peak CUDA memory")
             results["summary"][shape] = summary | {"ratios": ratios(summary, *memory)}
             results["elapsed_s"] = time.perf_counter() - started
             args.output.parent.mkdir(parents=True, exist_ok=True)

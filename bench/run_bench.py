@@ -99,6 +99,12 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+def trl_command(python: str, assets: Path, common: list[str], variant: str) -> list[str]:
+    """The TRL worker's command line for trl_ppo or trl_ppo_peft."""
+    return ([python, "bench/trl_worker.py", "--assets", str(assets)] + common
+            + (["--peft"] if variant == "trl_ppo_peft" else []))
+
+
 def ratios(summary: dict, memory_key: str, memory_name: str) -> dict[str, float]:
     """apo-online / TRL step time and peak memory, against each TRL variant present, and the refit's RM share."""
     out: dict[str, float] = {}
@@ -161,8 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         for repeat in range(args.repeats):  # interleave the variants so that load changes hit them alike
             for variant in args.variants:
                 if variant in TRL_VARIANTS:
-                    command = ([str(trl_python), "bench/trl_worker.py", "--assets", str(assets)] + common
-                               + (["--peft"] if variant == "trl_ppo_peft" else []))
+                    command = trl_command(str(trl_python), assets, common, variant)
                 else:
                     command = ([args.apo_python, "bench/apo_worker.py", "--size", size, "--variant", variant] + common
                                + apo_flags)
