@@ -12,9 +12,11 @@ see one forward per backward; the adapter switch inside it always restores the p
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -51,6 +53,16 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real token of each row, for left- or right-padded rows. [B, L] -> [B]."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return (attention_mask.long() * positions).argmax(-1)
+
+
+class SharedPrefix(NamedTuple):
+    """Prompts that several rows share, scored once (reward role only; SharedBackbone.forward's `prefix`).
+
+    input_ids, attention_mask: [G, P] the distinct prompts, left-padded; rows: [B] which prompt (0..G-1) each row of
+    responses continues."""
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    rows: torch.Tensor
 
 
 class SharedBackbone(nn.Module):
@@ -175,6 +187,42 @@ class SharedBackbone(nn.Module):
                       position_ids=position_ids_from_mask(attention_mask), use_cache=False)
         return out.last_hidden_state
 
+    def _reward(self, hidden: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """Reward head on hidden [B, L, H] at positions last [B] -> [B] float32 (the head stays float32)."""
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return self.reward_head(pooled.to(self.reward_head.weight.dtype)).squeeze(-1).float()
+
+    def _reward_with_prefix(self, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                            prefix: SharedPrefix) -> torch.Tensor:
+        """The reward role on prompt + response rows, each distinct prompt run once: its keys and values are gathered
+        for every row that continues it, and the gradients of all those rows flow back through the gather into the
+        one prompt forward. Same scores and gradients as the joined rows, up to float rounding (tests/test_backbone.py).
+
+        response_ids, response_mask: [B, R] right-padded -> [B]."""
+        decoder = self.peft_model.get_base_model().get_decoder()
+        # newer transformers call the key/value cache `cache` (past_key_values is deprecated); older 5.x: the old name
+        cache_name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        with self.role("reward"):
+            prompt = decoder(input_ids=prefix.input_ids, attention_mask=prefix.attention_mask,
+                             position_ids=position_ids_from_mask(prefix.attention_mask), use_cache=True)
+            cache = getattr(prompt, cache_name)
+            cache.reorder_cache(prefix.rows)  # [G, ...] -> [B, ...] per layer, differentiable
+            mask = torch.cat([prefix.attention_mask[prefix.rows], response_mask], 1)
+            positions = position_ids_from_mask(mask)[:, prefix.input_ids.shape[1]:]
+            hidden = decoder(input_ids=response_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             **{cache_name: cache}).last_hidden_state
+        lengths = response_mask.long().sum(1)
+        scores = self._reward(hidden, (lengths - 1).clamp(min=0))
+        if bool((lengths == 0).any()):  # an empty response is read at its prompt's last token, as in a joined row
+            prompt_scores = self._reward(prompt.last_hidden_state[prefix.rows], torch.full_like(lengths, -1))
+            scores = torch.where(lengths > 0, scores, prompt_scores)
+        return scores
+
+    def _joined(self, response_ids: torch.Tensor, response_mask: torch.Tensor, prefix: SharedPrefix):
+        """The rows a prefix stands for, written out: (input_ids, attention_mask) [B, P+R]."""
+        return (torch.cat([prefix.input_ids[prefix.rows], response_ids], 1),
+                torch.cat([prefix.attention_mask[prefix.rows], response_mask], 1))
+
     def _token_logprobs(self, hidden: torch.Tensor, input_ids: torch.Tensor, start: int, temperature: float):
         lm_head = self.peft_model.get_base_model().get_output_embeddings()
         logits = lm_head(hidden[:, start - 1 : -1])  # position t-1 predicts token t; only response positions
@@ -187,6 +235,7 @@ class SharedBackbone(nn.Module):
         roles: tuple[str, ...] = ("policy",),
         response_start: int | None = None,
         temperature: float = 1.0,
+        prefix: SharedPrefix | None = None,
     ) -> dict[str, torch.Tensor]:
         """Compute several roles on the same sequences in one call.
 
@@ -195,7 +244,16 @@ class SharedBackbone(nn.Module):
           "policy", "reference": log pi(y_t | ...) / temperature-scaled, for tokens input_ids[:, P:]  -> [B, L-P]
           "value":  V(s_t) at the state before each response token                               -> [B, L-P]
           "reward": r(x, y) read at the last real token (any padding side; response_start unused)   -> [B]
+        With `prefix` (roles ("reward",) only), input_ids / attention_mask are the right-padded responses [B, R] and
+        the prompts come from the prefix, each distinct prompt run once.
         """
+        if prefix is not None:
+            if tuple(roles) != ("reward",):
+                raise ValueError(f"a shared prefix is for the reward role alone, got roles {roles}")
+            if self.is_gradient_checkpointing:  # checkpointed layers keep no cache: run the rows written out
+                input_ids, attention_mask = self._joined(input_ids, attention_mask, prefix)
+            else:
+                return {"reward": self._reward_with_prefix(input_ids, attention_mask, prefix)}
         out: dict[str, torch.Tensor] = {}
         needs_start = any(r != "reward" for r in roles)
         if needs_start and (response_start is None or not 0 < response_start < input_ids.shape[1]):
@@ -203,16 +261,13 @@ class SharedBackbone(nn.Module):
         for role in roles:
             with self.role(role):
                 hidden = self._hidden(input_ids, attention_mask)
-            if role in ("value", "reward"):
-                hidden = hidden.to(self.value_head.weight.dtype)  # heads stay float32 whatever the base dtype
             if role in ("policy", REFERENCE):
                 out[role] = self._token_logprobs(hidden, input_ids, response_start, temperature)
-            elif role == "value":
+            elif role == "value":  # the heads stay float32 whatever the base dtype
+                hidden = hidden.to(self.value_head.weight.dtype)
                 out[role] = self.value_head(hidden[:, response_start - 1 : -1]).squeeze(-1).float()
             else:
-                last = last_token_index(attention_mask)
-                pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-                out[role] = self.reward_head(pooled).squeeze(-1).float()
+                out[role] = self._reward(hidden, last_token_index(attention_mask))
         return out
 
     @torch.no_grad()

@@ -80,6 +80,9 @@ class RewardConfig:
     queries_per_step: int = 8  # (gold, samples) groups per RM optimizer step, per process
     pairs_per_step: int = 8  # human preference pairs per RM optimizer step, per process
     micro_batches: int = 1  # split each RM step into this many forward/backward passes (less activation memory)
+    # Rows that share a prompt (a gold answer and its samples, a human pair) run that prompt once and continue it with
+    # each response: the same scores and gradients up to float rounding, fewer tokens (SharedBackbone, prefix).
+    shared_prefix: bool = True
     learning_rate: float = 1e-4  # the reward adapter's Adam learning rate (warm-up and APO updates)
     beta2: float = 1.0  # weight of the human-preference Bradley-Terry term
     apo_coeff: float = 1.0  # weight of the gold-vs-sample term

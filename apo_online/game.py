@@ -126,7 +126,7 @@ class APOGame:
         self.ctx = TrainingContext(self.accelerator, self.model, self.optimizer, self.config.game.max_grad_norm,
                                    self.config.game.max_consecutive_skips)
         if self.reward_model is None:
-            self.scorer = SharedRewardScorer(self.ctx, self.tokenizer.pad_token_id)
+            self.scorer = SharedRewardScorer(self.ctx, self.tokenizer.pad_token_id, self.config.rm.shared_prefix)
         else:
             self.scorer = SeparateRewardScorer(self.ctx, self.reward_model, rm_tokenizer, self.tokenizer)
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from apo_online.data import Messages, join_prompt_response
+from apo_online.backbone import SharedPrefix
+from apo_online.data import Messages, join_prompt_response, left_pad, right_pad
 from apo_online.model_loading import DTYPES, ensure_distinct_pad_token, resolve_model_path
 
 
@@ -24,9 +25,21 @@ def _copy_into(params: dict[str, torch.nn.Parameter], state: dict[str, torch.Ten
             params[name].copy_(value)
 
 
-def reward_role_scores(model, device, pad_id: int, prompt_ids: list[list[int]], responses: list[list[int]]):
+def reward_role_scores(model, device, pad_id: int, prompt_ids: list[list[int]], responses: list[list[int]],
+                       shared_prefix: bool = True):
     """The backbone's reward role on rows of (prompt ids, response ids) -> [B] scores, with gradients.
-    The one scoring path of the shared RM outside a rollout (rollout.score_sequences scores every role together)."""
+    The one scoring path of the shared RM outside a rollout (rollout.score_sequences scores every role together).
+
+    shared_prefix: when rows repeat a prompt (a gold answer and its samples, a human pair), run each distinct prompt
+    once and continue it with each of its responses (SharedBackbone.forward's prefix): same scores and gradients up
+    to float rounding, fewer tokens through the model."""
+    distinct: dict[tuple[int, ...], int] = {}
+    rows = [distinct.setdefault(tuple(ids), len(distinct)) for ids in prompt_ids]
+    if shared_prefix and len(distinct) < len(rows):
+        prompts, prompt_mask = left_pad([list(ids) for ids in distinct], pad_id)
+        response_ids, response_mask = right_pad(responses, pad_id)
+        prefix = SharedPrefix(prompts.to(device), prompt_mask.to(device), torch.tensor(rows, device=device))
+        return model(response_ids.to(device), response_mask.to(device), roles=("reward",), prefix=prefix)["reward"]
     input_ids, attention_mask, _ = join_prompt_response(prompt_ids, responses, pad_id)
     return model(input_ids.to(device), attention_mask.to(device), roles=("reward",))["reward"]
 
@@ -34,11 +47,12 @@ def reward_role_scores(model, device, pad_id: int, prompt_ids: list[list[int]], 
 class SharedRewardScorer:
     """The reward adapter and head of the shared backbone."""
 
-    def __init__(self, ctx, pad_id: int):
-        self.ctx, self.pad_id = ctx, pad_id
+    def __init__(self, ctx, pad_id: int, shared_prefix: bool = True):
+        self.ctx, self.pad_id, self.shared_prefix = ctx, pad_id, shared_prefix
 
     def score(self, prompt_ids: list[list[int]], messages: list[Messages], responses: list[list[int]]) -> torch.Tensor:
-        return reward_role_scores(self.ctx.model, self.ctx.device, self.pad_id, prompt_ids, responses)
+        return reward_role_scores(self.ctx.model, self.ctx.device, self.pad_id, prompt_ids, responses,
+                                  self.shared_prefix)
 
     def weights(self) -> dict[str, torch.Tensor]:
         return self.ctx.read_role_weights("reward")  # whole even under ZeRO-3

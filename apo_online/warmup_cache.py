@@ -62,7 +62,8 @@ def cache_key(game) -> str:
     step, rm = game.rm_step, game.config.rm
     digest = hashlib.sha256()
     settings = [CACHE_VERSION, torch.__version__, rm.pairs_per_step, rm.micro_batches, rm.learning_rate, rm.beta2,
-                step.warmup_steps(), game.config.game.max_grad_norm, game.config.model.dtype]
+                step.warmup_steps(), game.config.game.max_grad_norm, game.config.model.dtype,
+                rm.shared_prefix]  # the shared prefix rounds differently from joined rows
     digest.update(json.dumps(settings).encode())
     for name, tensor in sorted(step.scorer.weights().items()):
         digest.update(name.encode())

@@ -28,7 +28,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-from run_bench import TRL_VARIANTS, VARIANTS, ratios, run_worker, summarize, trl_command  # noqa: E402
+from run_bench import (APO_VARIANTS, DEFAULT_VARIANTS, TRL_VARIANTS, VARIANTS, ratios, run_worker,  # noqa: E402
+                       summarize, trl_command, worker_env)
 
 SHAPES = {  # LlamaConfig fields of each shape
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
     parser.add_argument("--cpu", action="store_true", help="the CPU fallback: float32, 2-layer cuts, fewer tokens")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--updates", type=int, default=4, help="timed; 4 = one refit at the recipe's cadence")
@@ -105,10 +106,13 @@ def main(argv: list[str] | None = None) -> None:
         run_worker(apo + apo_common + ["--export", str(assets)], args.work_dir / "logs" / f"{shape}_export.log")
         for variant in args.variants:
             is_trl = variant in TRL_VARIANTS
-            command = trl_command(sys.executable, assets, common, variant) if is_trl else (
-                apo + ["--variant", variant] + apo_common)
+            if is_trl:
+                command = trl_command(sys.executable, assets, common, variant)
+            else:
+                worker_variant, flags = APO_VARIANTS[variant]
+                command = apo + ["--variant", worker_variant] + apo_common + flags
             first = (args.trl_path,) if is_trl and args.trl_path else ()
-            result = run_worker(command, args.work_dir / "logs" / f"{shape}_{variant}.log", first)
+            result = run_worker(command, args.work_dir / "logs" / f"{shape}_{variant}.log", first, worker_env(variant))
             results["runs"].setdefault(shape, {})[variant] = [result]
             summary = {v: summarize(runs) for v, runs in results["runs"][shape].items()}
             results["summary"][shape] = summary | {"ratios": ratios(summary, *memory)}

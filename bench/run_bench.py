@@ -9,6 +9,10 @@ peak RSS is clean), each running --warmup untimed then --updates timed PPO updat
   apo_ppo_refit      apo-online, APO RM refit on          (bench/apo_worker.py)
   trl_ppo            TRL 1.12.0 PPOTrainer, four models   (bench/trl_worker.py, the TRL venv's interpreter)
   trl_ppo_peft       the same with LoRA on the policy      (bench/trl_worker.py --peft; no reference copy)
+and, on request (--variants):
+  apo_ppo_refit_plain      apo_ppo_refit with rm.shared_prefix off (every row written out in full)
+  trl_ppo_fixed_mmap,      trl_ppo / trl_ppo_peft with glibc's mmap threshold fixed at 128 KiB
+  trl_ppo_peft_fixed_mmap  (MALLOC_MMAP_THRESHOLD_=131072; bench/README.md says why)
 Then prints a table of medians, the ratios apo/trl for step time and peak RSS and the APO refit overhead
 (RM-update time / wall time of the timed updates), and writes bench/results.json.
 The TRL venv (bench/.venv-trl, pinned by bench/trl_constraints.txt) is created when missing.
@@ -30,8 +34,16 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 TRL_VENV = BENCH / ".venv-trl"
 ASSETS = BENCH / ".assets"
-VARIANTS = ("apo_ppo_frozen_rm", "apo_ppo_refit", "trl_ppo", "trl_ppo_peft")
-TRL_VARIANTS = ("trl_ppo", "trl_ppo_peft")
+DEFAULT_VARIANTS = ("apo_ppo_frozen_rm", "apo_ppo_refit", "trl_ppo", "trl_ppo_peft")
+VARIANTS = DEFAULT_VARIANTS + ("apo_ppo_refit_plain", "trl_ppo_fixed_mmap", "trl_ppo_peft_fixed_mmap")
+TRL_VARIANTS = ("trl_ppo", "trl_ppo_peft", "trl_ppo_fixed_mmap", "trl_ppo_peft_fixed_mmap")
+TRL_SUFFIX = {"trl_ppo": "trl", "trl_ppo_peft": "trl_peft", "trl_ppo_fixed_mmap": "trl_fixed_mmap",
+              "trl_ppo_peft_fixed_mmap": "trl_peft_fixed_mmap"}
+# apo-online variant -> (bench/apo_worker.py --variant, extra worker flags)
+APO_VARIANTS = {"apo_ppo_frozen_rm": ("apo_ppo_frozen_rm", []), "apo_ppo_refit": ("apo_ppo_refit", []),
+                "apo_ppo_refit_plain": ("apo_ppo_refit", ["--set", "rm.shared_prefix=false"])}
+# glibc reads this at start-up (a fixed threshold: freed large blocks go back to the OS); apo variants take it too
+FIXED_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def venv_python(venv: Path) -> Path:
@@ -65,12 +77,17 @@ def last_json_line(text: str) -> dict:
     raise ValueError("worker printed no JSON line")
 
 
-def run_worker(command: list[str], log: Path, path_first: tuple[str, ...] = ()) -> dict:
+def worker_env(variant: str) -> dict[str, str]:
+    """Environment a variant's worker gets on top of the caller's."""
+    return dict(FIXED_MMAP_ENV) if variant.endswith("_fixed_mmap") else {}
+
+
+def run_worker(command: list[str], log: Path, path_first: tuple[str, ...] = (), extra_env: dict | None = None) -> dict:
     # path_first, the repo, then whatever the caller had (bench/gpu_check.sh puts carried wheels there)
     path = os.pathsep.join([*path_first, str(REPO)]
                            + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=path)
+               PYTHONPATH=path, **(extra_env or {}))
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -100,17 +117,22 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def trl_command(python: str, assets: Path, common: list[str], variant: str) -> list[str]:
-    """The TRL worker's command line for trl_ppo or trl_ppo_peft."""
+    """The TRL worker's command line for a TRL variant."""
     return ([python, "bench/trl_worker.py", "--assets", str(assets)] + common
-            + (["--peft"] if variant == "trl_ppo_peft" else []))
+            + (["--peft"] if variant.startswith("trl_ppo_peft") else []))
+
+
+def apo_command(python: str, size: str, variant: str, common: list[str]) -> list[str]:
+    worker_variant, flags = APO_VARIANTS[variant]
+    return [python, "bench/apo_worker.py", "--size", size, "--variant", worker_variant] + common + flags
 
 
 def ratios(summary: dict, memory_key: str, memory_name: str) -> dict[str, float]:
     """apo-online / TRL step time and peak memory, against each TRL variant present, and the refit's RM share."""
     out: dict[str, float] = {}
     for trl in TRL_VARIANTS:
-        suffix = "trl" if trl == "trl_ppo" else "trl_peft"
-        for variant in ("apo_ppo_frozen_rm", "apo_ppo_refit"):
+        suffix = TRL_SUFFIX[trl]
+        for variant in APO_VARIANTS:
             if variant in summary and trl in summary:
                 out[f"{variant}/{suffix} step time"] = summary[variant]["step_s"] / summary[trl]["step_s"]
                 if summary[trl].get(memory_key):
@@ -140,7 +162,7 @@ def print_table(summary: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2"])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--updates", type=int, default=3)
@@ -169,9 +191,9 @@ def main(argv: list[str] | None = None) -> None:
                 if variant in TRL_VARIANTS:
                     command = trl_command(str(trl_python), assets, common, variant)
                 else:
-                    command = ([args.apo_python, "bench/apo_worker.py", "--size", size, "--variant", variant] + common
-                               + apo_flags)
-                result = run_worker(command, ASSETS / "logs" / f"{size}_{variant}_{repeat}.log")
+                    command = apo_command(args.apo_python, size, variant, common + apo_flags)
+                result = run_worker(command, ASSETS / "logs" / f"{size}_{variant}_{repeat}.log",
+                                    extra_env=worker_env(variant))
                 print(f"{size} {variant} run {repeat}: median step {statistics.median(result['step_times']):.3f}s "
                       f"peak RSS {result['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
                 results["runs"].setdefault(size, {}).setdefault(variant, []).append(result)

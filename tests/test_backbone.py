@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from apo_online.backbone import LoraSettings, SharedBackbone, position_ids_from_mask
+from apo_online.reward_model import reward_role_scores
 from apo_online.model_loading import load_causal_lm
 from apo_online.config import ModelConfig
 
@@ -112,6 +113,51 @@ def test_reward_read_at_last_real_token(backbone):
     right_mask = torch.cat([torch.ones_like(ids), torch.zeros(1, 4, dtype=torch.long)], 1)
     right = backbone(right_ids, right_mask, roles=("reward",))["reward"]
     assert torch.allclose(left, right, atol=1e-5)
+
+
+def shared_prefix_rows():
+    """Rows as an RM step holds them: two prompts of different lengths, each with several responses of different
+    lengths (one empty), and a prompt used once."""
+    g = torch.Generator().manual_seed(3)
+    ids = lambda n: torch.randint(5, 200, (n,), generator=g).tolist()
+    first, second, alone = ids(7), ids(4), ids(5)
+    prompts = [first, first, first, second, second, alone, first]
+    responses = [ids(3), ids(6), [], ids(2), ids(5), ids(4), ids(1)]
+    return prompts, responses
+
+
+def reward_scores_and_grads(bb, shared_prefix: bool):
+    bb.zero_grad(set_to_none=True)
+    prompts, responses = shared_prefix_rows()
+    scores = reward_role_scores(bb, torch.device("cpu"), 0, prompts, responses, shared_prefix=shared_prefix)
+    (scores * torch.arange(1.0, len(scores) + 1)).sum().backward()  # a different weight per row
+    return scores.detach(), {n: p.grad.clone() for n, p in bb.named_parameters() if p.grad is not None}
+
+
+def test_shared_prefix_reward_scores_and_gradients_equal_the_joined_rows(backbone):
+    """Each distinct prompt run once, its keys/values gathered per response (issue 14): the same scores and the same
+    gradients on the reward adapter and head as the rows written out in full, within float tolerance."""
+    joined_scores, joined_grads = reward_scores_and_grads(backbone, shared_prefix=False)
+    calls = []
+    hook = backbone.peft_model.get_base_model().get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+    shared_scores, shared_grads = reward_scores_and_grads(backbone, shared_prefix=True)
+    hook.remove()
+    assert calls == [torch.Size([3, 7]), torch.Size([7, 6])]  # 3 distinct prompts once, then the 7 responses
+    assert torch.allclose(shared_scores, joined_scores, atol=1e-5), (shared_scores, joined_scores)
+    assert shared_grads.keys() == joined_grads.keys() == {n for n, p in backbone.named_parameters()
+                                                          if id(p) in role_groups(backbone)["reward"]}
+    for name, grad in joined_grads.items():  # float32 rounding, relative to each gradient's scale (about 1e-6 seen)
+        assert torch.allclose(shared_grads[name], grad, atol=1e-5 * grad.abs().max().item(), rtol=0), name
+    assert any(g.abs().sum() > 0 for g in joined_grads.values())
+
+
+def test_shared_prefix_under_gradient_checkpointing_runs_the_joined_rows(backbone):
+    joined_scores, _ = reward_scores_and_grads(backbone, shared_prefix=False)
+    backbone.gradient_checkpointing_enable()
+    checkpointed_scores, _ = reward_scores_and_grads(backbone, shared_prefix=True)
+    backbone.gradient_checkpointing_disable()
+    assert torch.allclose(checkpointed_scores, joined_scores, atol=1e-5)
 
 
 def test_value_head_starts_at_zero(tiny_model_path):

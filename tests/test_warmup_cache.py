@@ -44,6 +44,10 @@ def test_cached_warmup_is_shared_across_arms_and_changes_nothing(tiny_config, si
     monkeypatch.setattr(AdversarialRewardStep, "warmup", real_warmup)
     play(tiny_config, single_accelerator(), tmp_path / "seed7", **{"rm.warmup_cache": "true", "game.seed": 7})
     assert len(entries()) == len(before) + 2
+    # so is a warm-up that writes out the shared prompts (it rounds differently)
+    play(tiny_config, single_accelerator(), tmp_path / "joined", **{"rm.warmup_cache": "true",
+                                                                    "rm.shared_prefix": "false"})
+    assert len(entries()) == len(before) + 3
 
 
 def test_cached_warmup_refit_arm_equals_uncached(tiny_config, single_accelerator, tmp_path):
