@@ -12,6 +12,7 @@ see one forward per backward; the adapter switch inside it always restores the p
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import warnings
@@ -53,6 +54,13 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real token of each row, for left- or right-padded rows. [B, L] -> [B]."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return (attention_mask.long() * positions).argmax(-1)
+
+
+@functools.cache
+def _cache_argument(decoder_class: type) -> str:
+    """The decoder's key/value cache argument: `cache` in newer transformers (past_key_values is deprecated there),
+    `past_key_values` in older 5.x. Read once per class: the RM step calls this every forward."""
+    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"
 
 
 class SharedPrefix(NamedTuple):
@@ -200,8 +208,7 @@ class SharedBackbone(nn.Module):
 
         response_ids, response_mask: [B, R] right-padded -> [B]."""
         decoder = self.peft_model.get_base_model().get_decoder()
-        # newer transformers call the key/value cache `cache` (past_key_values is deprecated); older 5.x: the old name
-        cache_name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        cache_name = _cache_argument(type(decoder))
         with self.role("reward"):
             prompt = decoder(input_ids=prefix.input_ids, attention_mask=prefix.attention_mask,
                              position_ids=position_ids_from_mask(prefix.attention_mask), use_cache=True)
