@@ -58,6 +58,8 @@ def run_command(arm: str, seed: int, folder: Path, threads: int, overrides: list
     return [sys.executable, str(REPO / "recipes" / f"{recipe}.py"),
             "--game.output_dir", str(folder), "--game.seed", str(seed), "--game.gold_judge", "true",
             "--game.eval_at_start", "true", "--game.cpu_threads", str(threads), "--game.save_every", "10",
+            # checkpoints only serve to resume on this machine (~110 MB each): keep the newest
+            "--game.keep_last_checkpoints", "1",
             # the arms of one seed share its warm-up (the base RM): computed by the first, loaded by the others
             "--rm.warmup_cache", "true",
             # resume from the run's latest checkpoint; a run stopped before its first one starts over
@@ -96,11 +98,16 @@ def run_study(arms: list[str], seeds: list[int], output_dir: Path, jobs: int, ov
 # summarise
 # ----------------------------------------------------------------------------------------------------------------------
 def load_runs(folders: list[Path]) -> dict[str, dict[int, list[dict]]]:
-    """arm -> seed -> the evaluation records (metrics.jsonl lines with eval/gold_score), from every folder."""
+    """arm -> seed -> the evaluation records (metrics.jsonl lines with eval/gold_score), from every folder.
+
+    Unfinished runs are left out (named on stdout): their last evaluation is not the final one."""
     runs: dict[str, dict[int, list[dict]]] = {}
     for root in folders:
         for metrics in sorted(root.glob("*/seed_*/metrics.jsonl")):
             arm, seed = metrics.parent.parent.name, int(metrics.parent.name.removeprefix("seed_"))
+            if not finished(metrics.parent):
+                print(f"{metrics.parent}: unfinished, left out", flush=True)
+                continue
             evals = [r for r in read_metrics(metrics) if "eval/gold_score" in r]
             if seed in runs.get(arm, {}):
                 raise SystemExit(f"{metrics}: {arm} seed {seed} is in two of the merged folders")

@@ -66,10 +66,12 @@ def test_result_files_are_strict_json(tmp_path):
     assert on_disk["paired"]["apo_ppo-frozen_ppo"]["mean"] == pytest.approx(0.5)
 
 
-def _write_run(root, arm, seed, evals):
+def _write_run(root, arm, seed, evals, finished=True):
     folder = root / arm / f"seed_{seed}"
-    folder.mkdir(parents=True)
+    (folder / "final").mkdir(parents=True)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
+    if finished:
+        (folder / "final" / "config.yaml").write_text("game: {}\n")
 
 
 def test_partial_studies_merge_and_a_seed_twice_is_refused(tmp_path):
@@ -78,8 +80,9 @@ def test_partial_studies_merge_and_a_seed_twice_is_refused(tmp_path):
     _write_run(tmp_path / "a", "apo_ppo", 1, _evals([0.0, 1.0], [-4.0, -3.0]))
     _write_run(tmp_path / "b", "apo_ppo", 2, _evals([0.0, 1.0], [-4.0, -3.5]))
     _write_run(tmp_path / "b", "frozen_ppo", 1, _evals([0.0, 1.0], [-4.0, -3.9]))
+    _write_run(tmp_path / "b", "frozen_ppo", 2, _evals([0.0, 1.0], [-4.0, -3.9]), finished=False)
     runs = load_runs([tmp_path / "a", tmp_path / "b"])
-    assert sorted(runs["apo_ppo"]) == [1, 2] and sorted(runs["frozen_ppo"]) == [1]
+    assert sorted(runs["apo_ppo"]) == [1, 2] and sorted(runs["frozen_ppo"]) == [1]  # seed 2 unfinished: left out
     _write_run(tmp_path / "c", "apo_ppo", 1, _evals([0.0], [-4.0]))
     with pytest.raises(SystemExit, match="apo_ppo seed 1 is in two"):
         load_runs([tmp_path / "a", tmp_path / "c"])
@@ -105,5 +108,8 @@ def test_two_arms_two_seeds_two_steps_on_the_tiny_model(tmp_path, tiny_model_pat
     assert set(on_disk) >= {"arms", "paired", "frontier", "gao_fits"}
     for png in ("frontier.png", "curves.png"):
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
+    run = tmp_path / "runs" / "apo_ppo" / "seed_1"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000002"]  # only the newest is kept
+    before = (run / "metrics.jsonl").stat().st_mtime_ns
     study.main(["run"] + args + overrides)  # everything finished: nothing is played again
-    assert len(list((tmp_path / "runs" / "apo_ppo" / "seed_1" / "checkpoints").iterdir())) >= 2
+    assert (run / "metrics.jsonl").stat().st_mtime_ns == before
