@@ -200,10 +200,13 @@ class APOGame:
         self._checkpoint_step = self.step
 
     def _stop_agreed(self) -> bool:
-        """Whether any process was signalled. Every process must agree, or the next collective would hang."""
+        """Whether any process was signalled. Every process must agree, or the next collective would hang, so the
+        answer is the all-reduced sum only: a signal whose handler runs after this process's contribution (it can
+        land mid-collective) is left for the next step boundary, not acted on by this process alone."""
         if self.ctx.global_sum(float(self.stop_signal or 0)) > 0:
             self.stop_signal = self.stop_signal or signal.SIGTERM
-        return self.stop_signal is not None
+            return True
+        return False
 
     def play_step(self) -> dict[str, float]:
         g, started = self.config.game, time.perf_counter()

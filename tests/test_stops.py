@@ -211,3 +211,27 @@ def test_two_process_launch_stops_on_sigterm_with_a_checkpoint(tmp_path, tiny_mo
     finally:
         kill_leftovers(output)
     assert_stopped_with_a_checkpoint(output, signal.SIGTERM, num_processes=2)
+
+
+class _SignalDuringCollective:
+    """A process's all-reduce of the stop flag, with the signal's handler running after the process contributed its
+    value (the other processes contributed 0): the sum says nobody was signalled yet."""
+
+    def __init__(self, game):
+        self.game = game
+
+    def global_sum(self, value: float) -> float:
+        self.game.stop_signal = signal.SIGTERM  # the handler ran mid-collective
+        return value
+
+
+def test_every_process_stops_on_the_agreed_sum_only():
+    """A signal landing mid-collective on one process must not stop that process alone: it would checkpoint while
+    the others play the next step, and the run would hang until the launcher SIGKILLs it (CI, stop 21)."""
+    from types import SimpleNamespace
+    from apo_online.game import APOGame
+    game = SimpleNamespace(stop_signal=None)
+    game.ctx = _SignalDuringCollective(game)
+    assert APOGame._stop_agreed(game) is False  # the signal counts at the next step boundary, for every process
+    assert game.stop_signal == signal.SIGTERM
+    assert APOGame._stop_agreed(game) is True
