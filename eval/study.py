@@ -207,10 +207,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.command == "run":
         run_study(arms, [int(s) for s in args.seeds.split(",")], output, args.jobs, overrides)
         return None
-    runs = load_runs([Path(f) for f in (args.runs or [output])])
+    # the arms asked for, in the summary and the figures alike
+    runs = {a: r for a, r in load_runs([Path(f) for f in (args.runs or [output])]).items() if a in arms}
     if not runs:
-        raise SystemExit(f"no evaluations found under {args.runs or [output]} (<arm>/seed_<k>/metrics.jsonl)")
-    result = summarise({a: r for a, r in runs.items() if a in arms})
+        raise SystemExit(f"no finished runs of {', '.join(arms)} under {args.runs or [output]} "
+                         f"(<arm>/seed_<k>/metrics.jsonl with final/config.yaml)")
+    result = summarise(runs)
     output.mkdir(parents=True, exist_ok=True)
     write_json(output / "summary.json", result)
     study_figures(runs, result, output)

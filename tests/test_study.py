@@ -113,3 +113,17 @@ def test_two_arms_two_seeds_two_steps_on_the_tiny_model(tmp_path, tiny_model_pat
     before = (run / "metrics.jsonl").stat().st_mtime_ns
     study.main(["run"] + args + overrides)  # everything finished: nothing is played again
     assert (run / "metrics.jsonl").stat().st_mtime_ns == before
+
+
+def test_summarise_keeps_to_the_arms_asked_for_in_the_figures_too(tmp_path, monkeypatch):
+    from eval import study
+
+    for arm, seed in (("apo_ppo", 1), ("frozen_ppo", 1), ("frozen_rjs", 1)):
+        _write_run(tmp_path / "runs", arm, seed, _evals([0.0, 1.0], [-4.0, -3.5]))
+    drawn = []
+    monkeypatch.setattr(study, "study_figures", lambda runs, result, output: drawn.append(sorted(runs)))
+    args = ["summarise", "--output_dir", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")]
+    result = study.main(args + ["--arms", "frozen_ppo,apo_ppo"])
+    assert sorted(result["arms"]) == drawn[0] == ["apo_ppo", "frozen_ppo"]  # frozen_rjs: in neither
+    with pytest.raises(SystemExit, match="no finished runs of apo_rjs under"):
+        study.main(args + ["--arms", "apo_rjs"])
