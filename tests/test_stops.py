@@ -14,10 +14,12 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from apo_online import stopping
+from apo_online.game import APOGame
 from apo_online.run_directory import LOCK_FILE
 from apo_online.run_log import read_metrics
 from conftest import PYTHON, REPO, python_env, tiny_overrides
@@ -228,8 +230,6 @@ class _SignalDuringCollective:
 def test_every_process_stops_on_the_agreed_sum_only():
     """A signal landing mid-collective on one process must not stop that process alone: it would checkpoint while
     the others play the next step, and the run would hang until the launcher SIGKILLs it (CI, stop 21)."""
-    from types import SimpleNamespace
-    from apo_online.game import APOGame
     game = SimpleNamespace(stop_signal=None)
     game.ctx = _SignalDuringCollective(game)
     assert APOGame._stop_agreed(game) is False  # the signal counts at the next step boundary, for every process
