@@ -41,7 +41,7 @@ from apo_online.reward import AdversarialRewardStep, SampleBuffer, untrained_rm_
 from apo_online.reward_model import SeparateRewardScorer, SharedRewardScorer, load_separate_reward_model
 from apo_online.rollout import collect_rollout
 from apo_online.run_directory import claim_run_directory
-from apo_online.run_log import MetricsLog
+from apo_online.run_log import MetricsLog, progress_postfix
 from apo_online.stopping import StopRequests
 from apo_online.task import load_task_data
 from apo_online.training import NonFiniteUpdates, RoleAdamW, TrainingContext
@@ -181,8 +181,7 @@ class APOGame:
             while self.step < g.total_steps and not self._stop_agreed():
                 metrics = self.play_step()
                 bar.update(1)
-                bar.set_postfix(score=f"{metrics.get('objective/scores', float('nan')):.3f}",
-                                kl=f"{metrics.get('objective/kl', float('nan')):.3f}")
+                bar.set_postfix(progress_postfix(metrics))
                 if g.save_every and self.step % g.save_every == 0 and self.step < g.total_steps:
                     self._checkpoint("periodic")
         if self.step >= g.total_steps:  # finished: a signal that came during the last step changes nothing

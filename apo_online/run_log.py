@@ -19,6 +19,14 @@ from accelerate.utils import gather_object
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 METRICS_FILE = "metrics.jsonl"
+# what the progress bar shows after each step, when the step logged it (RJS rollouts carry no reference log-probs,
+# so there is no per-step KL to show: the bar leaves it out rather than printing nan)
+PROGRESS_TAGS = {"score": "objective/scores", "kl": "objective/kl"}
+
+
+def progress_postfix(metrics: dict[str, float]) -> dict[str, str]:
+    """The progress bar's short names and values for those of PROGRESS_TAGS that the step's metrics hold."""
+    return {short: f"{metrics[tag]:.3f}" for short, tag in PROGRESS_TAGS.items() if tag in metrics}
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -111,7 +111,8 @@ def test_policy_optimizer_recipes_smoke_run(tmp_path, tiny_model_path, recipe):
     from apo_online.run_log import read_metrics
 
     output = tmp_path / "run"
-    launch([recipe] + tiny_overrides(output, **{"rollout.samples_per_prompt": 2}))
+    result = launch([recipe] + tiny_overrides(output, **{"rollout.samples_per_prompt": 2}))
+    assert "APO game: 100%" in result.stderr and "=nan" not in result.stderr  # the bar shows what the step logged
     records = {r["step"]: r for r in read_metrics(output / "metrics.jsonl")}
     assert sorted(records) == [0, 1, 2]
     for step in (1, 2):

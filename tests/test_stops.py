@@ -21,7 +21,7 @@ import pytest
 from apo_online import stopping
 from apo_online.game import APOGame
 from apo_online.run_directory import LOCK_FILE
-from apo_online.run_log import read_metrics
+from apo_online.run_log import progress_postfix, read_metrics
 from conftest import PYTHON, REPO, python_env, tiny_overrides
 from test_resume import free_port
 
@@ -235,3 +235,10 @@ def test_every_process_stops_on_the_agreed_sum_only():
     assert APOGame._stop_agreed(game) is False  # the signal counts at the next step boundary, for every process
     assert game.stop_signal == signal.SIGTERM
     assert APOGame._stop_agreed(game) is True
+
+
+def test_progress_bar_shows_only_the_metrics_a_step_logged():
+    ppo_step = {"objective/scores": 1.23456, "objective/kl": 0.5, "ppo/policy_loss": 0.1}
+    rjs_step = {"objective/scores": -2.0, "rjs/sft_loss": 3.0}  # RJS rollouts carry no reference log-probs: no KL
+    assert progress_postfix(ppo_step) == {"score": "1.235", "kl": "0.500"}
+    assert progress_postfix(rjs_step) == {"score": "-2.000"}
