@@ -152,3 +152,29 @@ def study_figures(runs: dict, result: dict, output_dir: str | Path) -> list[Path
     fig.savefig(curves, dpi=110)
     plt.close(fig)
     return [frontier, curves]
+
+
+def bon_chart(result: dict, path: str | Path) -> Path:
+    """eval/bon_probe.py: the judge's score of each selector's best-of-n pick against KL_bon (bootstrap 95% band),
+    and how often the pick is a cut sample."""
+    path = Path(path)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1.4]})
+    for name, curve in result["selectors"].items():
+        kl = [p["kl_bon"] for p in curve]
+        style = {"judge": "k--", "random": "k:"}.get(name, "o-")
+        top.plot(kl, [p["gold_mean"] for p in curve], style, markersize=3, label=name)
+        top.fill_between(kl, [p["ci95"][0] for p in curve], [p["ci95"][1] for p in curve], alpha=0.12)
+        bottom.plot(kl, [p["cut_pick_rate"] for p in curve], style, markersize=3)
+    ticks = [p["kl_bon"] for p in next(iter(result["selectors"].values()))]
+    top.set_ylabel("judge's score of the pick")
+    top.legend(fontsize=7, ncol=2)
+    top.set_title(f"best-of-n, {result['n_prompts']} {result['split']} prompts x {result['n_samples']} samples "
+                  f"({result['testbed']['name']} {result['testbed']['version']}); sensitivity "
+                  f"{result['sensitivity']['ratio']:.2f}", fontsize=9)
+    bottom.set_ylabel("pick is cut")
+    bottom.set_xlabel("KL_bon = log n - (n-1)/n   (n = 1, 2, 4, ...)")
+    bottom.set_xticks(ticks, [f"{t:.1f}" for t in ticks], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

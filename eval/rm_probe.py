@@ -36,8 +36,6 @@ if __package__ in (None, ""):  # run as a file: import this checkout's packages,
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from peft import set_peft_model_state_dict  # noqa: E402
-from peft.utils import load_peft_weights  # noqa: E402
 from trl.models.utils import unwrap_model_for_generation  # noqa: E402
 
 from apo_online.calibration import pair_calibration, preference_accuracy  # noqa: E402
@@ -45,8 +43,7 @@ from apo_online.config import load_config  # noqa: E402
 from apo_online.evaluation import judged_pairs, sample_responses, scorer_scores, win_rate  # noqa: E402
 from apo_online.game import APOGame  # noqa: E402
 from apo_online.gold_judge import load_gold_judge, question_text  # noqa: E402
-from apo_online.reward import SampleBuffer  # noqa: E402
-from apo_online.run_loading import find_adapters  # noqa: E402
+from apo_online.offline_refit import fill_buffer, load_run_policy, refit  # noqa: E402
 from apo_online.statistics import bootstrap_mean_ci  # noqa: E402
 from apo_online.config_help import config_help  # noqa: E402
 from eval.compare import human_pair_metrics  # noqa: E402
@@ -125,14 +122,6 @@ def warm_up_base_rm(game: APOGame, base_rm: str | None, output: Path) -> None:
     torch.save(game.rm_step.base_state, output / "base_rm.pt")
 
 
-def load_policy(game: APOGame, run: str) -> str:
-    """The policy adapter of a run (or checkpoint) into the game's backbone; returns its folder."""
-    folder, _ = find_adapters(run)
-    weights = load_peft_weights(str(folder / "policy"), device="cpu")
-    set_peft_model_state_dict(game.ctx.backbone.peft_model, weights, adapter_name="policy")
-    return str(folder)
-
-
 def sample(game: APOGame, prompts: list, n: int, role: str, seed: int):
     rollout = game.config.rollout
     torch.manual_seed(seed)
@@ -189,30 +178,6 @@ class HeldOut:
         return {"mean": sum(margins) / max(len(margins), 1), "ci95": [lo, hi], "n_prompts": len(margins)}
 
 
-def fill_buffer(samples, per_step: int) -> tuple[SampleBuffer, int]:
-    """The samples as rollouts of consecutive pseudo policy steps of `per_step` prompts; returns (buffer, last step)."""
-    buffer = SampleBuffer(len(samples.response_ids))
-    steps = [i // per_step for i in samples.prompt_positions]  # prompts = game.prompts[:N]: positions match
-    for row, response in enumerate(samples.response_ids):
-        buffer.add([samples.prompt_positions[row]], [response], steps[row], [bool(samples.has_eos[row])])
-    return buffer, max(steps)
-
-
-def run_setting(game: APOGame, buffer: SampleBuffer, last_step: int, base_rm, setting: dict) -> dict:
-    """Restore the base RM, apply the setting's rm fields, run its updates (the last one on the newest window)."""
-    game.rm_step.cfg = dataclasses.replace(base_rm, **setting.get("rm", {}))
-    for group in game.ctx.role_optimizer.param_groups:
-        if group["role"] == "reward":
-            group["lr"] = game.rm_step.cfg.learning_rate
-    game.rm_step.restore_base()
-    game.rm_step.rng.seed(PROBE_SEED)  # every setting draws its groups and pairs from the same stream
-    updates = setting.get("updates", 1)
-    started, metrics = time.perf_counter(), {}
-    for k in range(updates):
-        metrics = game.rm_step.update(buffer, last_step - (updates - 1 - k) * game.rm_step.cfg.sample_window)
-    return {"wall_s": time.perf_counter() - started, "train": metrics}
-
-
 def main(argv: list[str] | None = None) -> dict:
     args, overrides = parse_args(argv)
     started = time.perf_counter()
@@ -221,12 +186,13 @@ def main(argv: list[str] | None = None) -> dict:
     config.game.output_dir = str(output / "game")
     game = APOGame(config)
     warm_up_base_rm(game, args.base_rm, output)
-    source = load_policy(game, args.run) if args.run else "reference (adapters at init)"
+    source = load_run_policy(game, args.run) if args.run else "reference (adapters at init)"
     judge = load_gold_judge(cache_dir=config.model.cache_dir)
     train = game.prompts[: args.train_prompts]
     reference = sample(game, train, 1, "reference", PROBE_SEED)
     samples = sample(game, train, 1, "policy", PROBE_SEED) if args.run else reference
-    buffer, last_step = fill_buffer(samples, args.prompts_per_step or config.rollout.prompts_per_step)
+    buffer, last_step = fill_buffer(samples.prompt_positions, samples.response_ids, samples.has_eos.tolist(),
+                                    args.prompts_per_step or config.rollout.prompts_per_step)
     if args.heldout == "eval":  # the task's eval prompts: never in any RM update, of the probe or of a game
         examples = game.task.eval_prompts[: args.max_heldout_prompts]
         heldout_prompts = game.encoder.encode_prompts(examples)
@@ -250,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
         entry = {"name": setting["name"], "settings": dataclasses.asdict(dataclasses.replace(base_rm,
                                                                                              **setting["rm"])),
                  "updates": setting.get("updates", 1)}
-        entry |= run_setting(game, buffer, last_step, base_rm, setting)
+        entry |= refit(game, buffer, last_step, base_rm, setting, PROBE_SEED)
         entry |= heldout.measure(game)
         result["sweep"].append(entry)
         print(format_row(entry), flush=True)

@@ -1,0 +1,238 @@
+"""Best-of-n probe: is an RM a better selector under optimisation pressure? The judge and random choice bound it.
+
+    python eval/bon_probe.py                                  # reference samples of the 106 eval prompts, N = 64
+    python eval/bon_probe.py --policy runs/apo_ppo            # samples of a trained policy
+    python eval/bon_probe.py --rm runs/apo_ppo --rm runs/b    # add any run's final RM as a selector
+    python eval/bon_probe.py --split validation --sweep refit # choose refit settings on validation prompts
+
+1. Build the recipe's game (recipes/configs/apo_ppo.yaml + any --section.field override) and its base RM (the
+   warm-up, through the warm-up cache: computed once per setting, then loaded).
+2. Sample N responses per held-out prompt from the policy (the reference, or --policy's), cached by content hash
+   (apo_online/bon_samples.py), and score every sample with the hidden judge.
+3. Selectors rank each prompt's samples: the judge (the ceiling), random choice (the floor), the base RM, the
+   recipe's APO refit of the base RM and its pairs-only control (rm.apo_coeff 0), each refit on one policy sample
+   of each of the first --train_prompts policy prompts (the game's own update, apo_online/offline_refit.py), and
+   any --rm run. An RM ranks by the game's reward: score - rollout.missing_eos_penalty if the sample was cut.
+   "<rm> as stopped" ranks the same RM's score of each cut sample with the stop token appended (minus the same
+   penalty): every response scored at a stop position.
+4. For n = 1, 2, 4, ..., N: the judge's score of each selector's best-of-n (exact estimator over all n-subsets,
+   apo_online/best_of_n.py) against KL_bon = log n - (n-1)/n, bootstrap 95% CIs over prompts; how often the pick is
+   a cut sample; the curve among finished samples only; at n = 16 each RM's paired difference from the base RM;
+   sensitivity = the base RM's gain from n = 1 to 16 / the judge's. finish_bonus: per RM, the mean of
+   score(sample ending with the stop token) - score(the same sample without it), over every sample.
+Writes bon_probe.json (or bon_sweep.json with --sweep), bon_scores.json (every sample's judge score, stop token and
+selector scores) and bon_probe.png to --output_dir (default eval/results/bon_probe_<date>).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import this checkout's packages, not an installed copy
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tqdm.auto import tqdm  # noqa: E402
+
+from apo_online.best_of_n import gain_ratio, paired_difference, powers_of_two, selector_curve  # noqa: E402
+from apo_online.bon_samples import build_pool  # noqa: E402
+from apo_online.config import load_config  # noqa: E402
+from apo_online.config_help import config_help  # noqa: E402
+from apo_online.evaluation import scorer_scores  # noqa: E402
+from apo_online.game import APOGame  # noqa: E402
+from apo_online.gold_judge import load_gold_judge, question_text  # noqa: E402
+from apo_online.judged_task import TESTBED_VERSION  # noqa: E402
+from apo_online.offline_refit import fill_buffer, load_run_reward, refit  # noqa: E402
+from apo_online.run_loading import find_adapters  # noqa: E402
+from apo_online.statistics import bootstrap_mean_ci  # noqa: E402
+from apo_online.warmup_cache import warm_up_reward_model  # noqa: E402
+from eval.plots import bon_chart  # noqa: E402
+from eval.report_json import write_json  # noqa: E402
+
+RECIPE_YAML = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "apo_ppo.yaml"
+PROBE_SEED = 1234  # the refits' random stream (the same for every setting)
+PAIRED_N = 16
+REFITS = {"apo_refit": {"rm": {}}, "pairs_only": {"rm": {"apo_coeff": 0.0}}}  # over the recipe's rm settings
+
+
+def sweep_settings(kind: str) -> dict[str, dict]:
+    """Refit settings tried on validation prompts (name -> setting), besides the recipe's."""
+    if kind == "refit":
+        return {
+            "apo 0.1": {"rm": {"apo_coeff": 0.1}},
+            "apo 0.3": {"rm": {"apo_coeff": 0.3}},
+            "no eos guard": {"rm": {"eos_only": False}},
+            "steps 2": {"rm": {"steps_per_update": 2}},
+            "steps 16": {"rm": {"steps_per_update": 16}},
+            "beta2 10": {"rm": {"beta2": 10.0}},
+            "window 16": {"rm": {"sample_window": 16}},
+            "lr 3e-5": {"rm": {"learning_rate": 3e-5}},
+        }
+    return {}
+
+
+def parse_args(argv: list[str] | None):
+    epilog = "Other --section.field arguments override the recipe's config.\n\n" + config_help(RECIPE_YAML)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", default=None, help="a run folder or checkpoint: sample from its policy adapter "
+                        "(default: the reference policy)")
+    parser.add_argument("--rm", action="append", default=[], help="a run whose final RM is one more selector "
+                        "(repeatable)")
+    parser.add_argument("--n", type=int, default=64, help="samples per prompt (N; >= 16)")
+    parser.add_argument("--split", choices=("eval", "validation"), default="eval",
+                        help="eval: the task's eval prompts (report); validation: the policy prompts after "
+                             "--train_prompts (choose settings there)")
+    parser.add_argument("--max_prompts", type=int, default=None, help="default: every prompt of the split")
+    parser.add_argument("--train_prompts", type=int, default=128, help="policy prompts the refits train on")
+    parser.add_argument("--sweep", choices=("none", "refit"), default="none",
+                        help="refit: also try the refit settings of sweep_settings (use with --split validation)")
+    parser.add_argument("--output_dir", default=None, help="default eval/results/bon_probe_<date>")
+    args, overrides = parser.parse_known_args(argv)
+    if args.n < PAIRED_N:
+        parser.error(f"--n must be at least {PAIRED_N} (the paired comparison is at best-of-{PAIRED_N})")
+    return args, overrides
+
+
+def probe_prompts(game: APOGame, split: str, train_prompts: int, limit: int | None):
+    """(encoded prompts, their questions for the judge) of the split; none of them is ever in an RM update here."""
+    if split == "eval":
+        examples = game.task.eval_prompts[:limit]
+        prompts = game.encoder.encode_prompts(examples)
+    else:
+        examples = game.task.train_prompts
+        prompts = game.prompts[train_prompts:][:limit]
+    return prompts, [question_text(examples[p.prompt_index].messages) for p in prompts]
+
+
+def rm_scores(game: APOGame, prompts: list, responses: list[list[list[int]]], desc: str) -> list[list[float]]:
+    """[P][N] raw scores of the game's current RM (shared prompt prefix: one prompt's samples in one batch)."""
+    out = []
+    for prompt, rows in tqdm(list(zip(prompts, responses)), desc=desc, leave=False):
+        out.append(scorer_scores(game.scorer, [prompt.input_ids] * len(rows), [prompt.messages] * len(rows), rows,
+                                 batch_size=len(rows)).tolist())
+    return out
+
+
+def toggled(pool, eos_id: int) -> list[list[list[int]]]:
+    """Every sample with its stop token removed if it has one, appended if it was cut."""
+    return [[r[:-1] if e else r + [eos_id] for r, e in zip(rows, eos)]
+            for rows, eos in zip(pool.response_ids, pool.has_eos)]
+
+
+def measure_rm(game: APOGame, prompts: list, pool, penalty: float, name: str) -> dict:
+    """The current RM as two selectors (as the game scores, and every sample scored at a stop position) and its
+    finish bonus: mean over samples of score(with the stop token) - score(without), with a CI over prompts."""
+    plain = rm_scores(game, prompts, pool.response_ids, f"{name}: scoring")
+    other = rm_scores(game, prompts, toggled(pool, game.tokenizer.eos_token_id), f"{name}: toggled stop token")
+    stopped = [[p if e else o for p, o, e in zip(*rows)] for rows in zip(plain, other, pool.has_eos)]
+    unstopped = [[o if e else p for p, o, e in zip(*rows)] for rows in zip(plain, other, pool.has_eos)]
+    bonus = [sum(s - u for s, u in zip(a, b)) / len(a) for a, b in zip(stopped, unstopped)]
+    cut = [[0.0 if e else penalty for e in eos] for eos in pool.has_eos]
+    reward = lambda scores: [[s - c for s, c in zip(*rows)] for rows in zip(scores, cut)]  # noqa: E731
+    return {"selectors": {name: reward(plain), f"{name} as stopped": reward(stopped)},
+            "finish_bonus": {"mean": sum(bonus) / len(bonus), "ci95": list(bootstrap_mean_ci(bonus))}}
+
+
+def train_buffer(game: APOGame, args, policy_dir):
+    """One policy sample of each of the first --train_prompts policy prompts, as the game's pseudo rollouts."""
+    config = game.config
+    prompts = game.prompts[: args.train_prompts]
+    pool = build_pool(config.model, config.rollout, [p.input_ids for p in prompts], 1, policy_dir,
+                      desc="refit samples")
+    buffer, last_step = fill_buffer(list(range(len(prompts))), [rows[0] for rows in pool.response_ids],
+                                    [eos[0] for eos in pool.has_eos], config.rollout.prompts_per_step)
+    return buffer, last_step, sum(eos[0] for eos in pool.has_eos) / len(prompts)
+
+
+def summarise(selectors: dict, judge: list, has_eos: list, n: int) -> dict:
+    ns = powers_of_two(n)
+    rms = [name for name in selectors if name not in ("judge", "random", "base")]
+    return {"selectors": {name: selector_curve(scores, judge, has_eos, ns) for name, scores in selectors.items()},
+            "paired": {name: paired_difference(selectors[name], selectors["base"], judge, PAIRED_N) for name in rms},
+            "sensitivity": gain_ratio(selectors["base"], judge, PAIRED_N)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, overrides = parse_args(argv)
+    started = time.perf_counter()
+    config = load_config(overrides + ["--rm.warmup_cache", "true"], default_yaml=RECIPE_YAML)
+    output = Path(args.output_dir or f"eval/results/bon_probe_{datetime.date.today().isoformat()}")
+    config.game.output_dir = str(output / "game")
+    game = APOGame(config)
+    warm_up_reward_model(game, show_progress=True)
+    policy_dir = find_adapters(args.policy)[0] / "policy" if args.policy else None
+    prompts, questions = probe_prompts(game, args.split, args.train_prompts, args.max_prompts)
+    pool = build_pool(config.model, config.rollout, [p.input_ids for p in prompts], args.n, policy_dir)
+    judge = load_gold_judge(cache_dir=config.model.cache_dir)
+    gold = [judge.score([q] * len(texts), texts).tolist() for q, texts in zip(questions, pool.texts)]
+    penalty = config.rollout.missing_eos_penalty
+    selectors = {"judge": gold, "random": [[0.0] * len(row) for row in gold]}
+    measured = measure_rm(game, prompts, pool, penalty, "base")
+    selectors |= measured["selectors"]
+    bonus, train = {"base": measured["finish_bonus"]}, {}
+    buffer, last_step, train_eos = train_buffer(game, args, policy_dir)
+    base_rm = dataclasses.replace(config.rm)
+    refits = REFITS | {name: s for name, s in sweep_settings(args.sweep).items()}
+    for name, setting in refits.items():
+        train[name] = refit(game, buffer, last_step, base_rm, setting, PROBE_SEED) | {
+            "settings": dataclasses.asdict(game.rm_step.cfg)}
+        measured = measure_rm(game, prompts, pool, penalty, name)
+        selectors |= measured["selectors"]
+        bonus[name] = measured["finish_bonus"]
+    for run in args.rm:
+        name = f"run:{run}"
+        train[name] = {"source": load_run_reward(game, run)}
+        measured = measure_rm(game, prompts, pool, penalty, name)
+        selectors |= measured["selectors"]
+        bonus[name] = measured["finish_bonus"]
+    result = {"testbed": {"name": config.data.dataset_name, "version": TESTBED_VERSION},
+              "split": args.split, "policy": str(policy_dir or "reference"), "model": config.model.model_name_or_path,
+              "n_prompts": len(prompts), "n_samples": args.n, "pool_key": pool.key,
+              "eos_fraction": sum(map(sum, pool.has_eos)) / (len(prompts) * args.n),
+              "missing_eos_penalty": penalty, "refit_train_prompts": args.train_prompts,
+              "refit_train_eos_fraction": train_eos, "refits": train, "finish_bonus": bonus}
+    result |= summarise(selectors, gold, pool.has_eos, args.n)
+    result["wall_s"] = time.perf_counter() - started
+    output.mkdir(parents=True, exist_ok=True)
+    write_json(output / ("bon_sweep.json" if args.sweep != "none" else "bon_probe.json"), result)
+    write_json(output / "bon_scores.json", scores_file(questions, pool, gold, selectors, penalty))
+    bon_chart(result, output / ("bon_sweep.png" if args.sweep != "none" else "bon_probe.png"))
+    print(report(result))
+    return result
+
+
+def scores_file(questions: list[str], pool, gold: list, selectors: dict, penalty: float) -> dict:
+    """Everything the curves are computed from, per prompt and sample."""
+    rms = [name for name in selectors if name not in ("judge", "random")]
+    prompts = [{"question": q, "samples": [{"text": pool.texts[p][i], "has_eos": pool.has_eos[p][i],
+                                            "judge": gold[p][i], "scores": {r: selectors[r][p][i] for r in rms}}
+                                           for i in range(len(gold[p]))]}
+               for p, q in enumerate(questions)]
+    return {"scores_are": f"RM score - {penalty} if the sample was cut (what the selector ranks)", "prompts": prompts}
+
+
+def report(result: dict) -> str:
+    lines = [f"best-of-n on {result['n_prompts']} {result['split']} prompts x {result['n_samples']} samples "
+             f"(eos fraction {result['eos_fraction']:.2f}); judge's score of the pick at n = {PAIRED_N}:"]
+    for name, curve in result["selectors"].items():
+        point = next(p for p in curve if p["n"] == PAIRED_N)
+        paired = result["paired"].get(name)
+        vs_base = f"  vs base {paired['mean']:+.3f} [{paired['ci95'][0]:+.3f}, {paired['ci95'][1]:+.3f}]" if paired \
+            else ""
+        lines.append(f"  {name:<28} {point['gold_mean']:+.3f} [{point['ci95'][0]:+.3f}, {point['ci95'][1]:+.3f}]"
+                     f"  cut picks {point['cut_pick_rate']:.2f}{vs_base}")
+    s = result["sensitivity"]
+    lines.append(f"sensitivity (base gain / judge gain at n = {PAIRED_N}): {s['ratio']:.2f} "
+                 f"[{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]")
+    lines.append("finish bonus (score with stop token - without): " + ", ".join(
+        f"{k} {v['mean']:+.3f}" for k, v in result["finish_bonus"].items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
