@@ -94,6 +94,15 @@ class RewardConfig:
     # max_new_tokens; the APO term uses only samples that ended with the stop token, so that "has no stop token" (already
     # penalised by rollout.missing_eos_penalty) is not the cheapest way to tell gold from samples.
     eos_only: bool = True
+    # Score every response at a stop position: a sample cut at max_new_tokens is scored by the RM as if the stop
+    # token followed it, in the rollout (still minus rollout.missing_eos_penalty) and in the APO term, which then takes
+    # cut samples too (eos_only no longer drops them). Gold responses always end with the stop token, so the RM never
+    # learns a score for "no stop token" that the APO term would push only one way.
+    score_cut_as_stopped: bool = False
+    # After each APO update, the RM's margin r(gold) - r(policy sample) on this many held-out eval prompts with gold
+    # responses, sampled by the current policy (rm/heldout_gold_minus_sample; apo_online/heldout_margin.py): whether the
+    # adversary is ahead of the policy. 0: not measured.
+    heldout_margin_prompts: int = 8
     # Bradley-Terry steps on human pairs before the game (the base RM). None: one pass over the human pairs
     # (ceil(pairs / (pairs_per_step * processes)) steps); 0: no warm-up.
     warmup_steps: int | None = None

@@ -34,6 +34,7 @@ from apo_online.config import Config, ConfigError
 from apo_online.data import PromptEncoder, PromptSampler, TaskData, encode_pairs
 from apo_online.distributed import describe_launch, make_accelerator
 from apo_online.evaluation import GoldJudgeEvaluator
+from apo_online.heldout_margin import HeldOutMargin
 from apo_online.model_card import write_model_card
 from apo_online.model_loading import load_causal_lm
 from apo_online.optimizers.base import build_policy_optimizer
@@ -89,7 +90,10 @@ class APOGame:
         if config.data.seed_buffer_from_samples:  # offline samples of an APO samples file (hh_apo_formats.py)
             self.buffer.add_offline_samples(self.encoder, self.prompts, self.task.train_prompts)
         self.rm_step = AdversarialRewardStep(self.ctx, config.rm, self.prompts, self.pairs, self.scorer,
-                                             seed=config.game.seed + self.accelerator.process_index)
+                                             seed=config.game.seed + self.accelerator.process_index,
+                                             stop_id=self.tokenizer.eos_token_id)
+        self.heldout_margin = (HeldOutMargin(self, config.rm.heldout_margin_prompts)
+                               if config.rm.heldout_margin_prompts and config.rm.update_every else None)
         self.policy_optimizer.setup(self.ctx, config)
         self.step, self.warmed_up = 0, False
         self.stop_signal: int | None = None  # the signal that asked this run to stop
@@ -211,8 +215,10 @@ class APOGame:
         g, started = self.config.game, time.perf_counter()
         # 1. rollout
         positions = self.sampler.next_batch()
+        as_stopped = self.config.rm.score_cut_as_stopped  # the rollout's RM then scores cut samples with a stop token
         rollout = collect_rollout(self.ctx, [self.prompts[i] for i in positions], positions, self.config.rollout,
-                                  self.spec, self.tokenizer, scorer=self.scorer if self.reward_model else None)
+                                  self.spec, self.tokenizer, scorer=self.scorer if self.reward_model or as_stopped
+                                  else None, score_cut_as_stopped=as_stopped)
         after_rollout = time.perf_counter()
         # 2. policy update (the optimizer's own objective/* values win over the game's generic ones)
         metrics = objective_metrics(rollout) | self.policy_optimizer.step(rollout)
@@ -224,6 +230,8 @@ class APOGame:
                         [has_eos[i] for i in rows])
         if self.config.rm.update_every and (self.step + 1) % self.config.rm.update_every == 0:
             metrics.update(self.rm_step.update(self.buffer, self.step))
+            if self.heldout_margin is not None:  # is the adversary ahead of the policy it just saw?
+                metrics.update(self.heldout_margin(self))
         after_rm = time.perf_counter()
         # 4. bookkeeping
         self.step += 1

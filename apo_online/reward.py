@@ -69,19 +69,24 @@ class SampleBuffer:
         logger.info("seeded the RM sample buffer with %d offline samples", len(responses))
         return len(responses)
 
-    def groups(self, since_step: int | None = None, eos_only: bool = False) -> dict[int, list[list[int]]]:
+    def groups(self, since_step: int | None = None, eos_only: bool = False,
+               append_stop: int | None = None) -> dict[int, list[list[int]]]:
         """prompt position -> its buffered responses (oldest first).
 
         since_step: only samples of policy steps >= since_step, plus offline samples (data.seed_buffer_from_samples:
         the user put them there to be compared with gold; fresh samples push them out of the FIFO over time);
-        eos_only: only samples that ended with the stop token."""
+        eos_only: only samples that ended with the stop token; append_stop: a stop token id appended to every sample
+        that was cut (rm.score_cut_as_stopped)."""
         grouped: dict[int, list[list[int]]] = {}
         for sample in self.samples:
             if since_step is not None and OFFLINE_STEP < sample.step < since_step:
                 continue
             if eos_only and not sample.has_eos:
                 continue
-            grouped.setdefault(sample.prompt_position, []).append(sample.response_ids)
+            response = sample.response_ids
+            if append_stop is not None and not sample.has_eos:
+                response = response + [append_stop]
+            grouped.setdefault(sample.prompt_position, []).append(response)
         return grouped
 
     def __len__(self) -> int:
@@ -125,9 +130,11 @@ def warmup_step_count(rm_config, num_pairs: int, processes: int) -> int:
 class AdversarialRewardStep:
     """Warm-up (Bradley-Terry on human pairs) and the APO refits of the reward role."""
 
-    def __init__(self, ctx, rm_config, prompts: list[EncodedPrompt], pairs: list[EncodedPair], scorer, seed: int):
+    def __init__(self, ctx, rm_config, prompts: list[EncodedPrompt], pairs: list[EncodedPair], scorer, seed: int,
+                 stop_id: int | None = None):
         self.ctx, self.cfg, self.scorer = ctx, rm_config, scorer  # rm_config: config.RewardConfig; scorer: reward_model
         self.prompts, self.pairs = prompts, pairs
+        self.stop_id = stop_id  # the policy's stop token: appended to cut samples under rm.score_cut_as_stopped
         self.rng = random.Random(seed)
         self.base_state: dict[str, torch.Tensor] | None = None
         self.updates = 0
@@ -139,10 +146,15 @@ class AdversarialRewardStep:
 
     def fresh_groups(self, buffer: SampleBuffer, step: int) -> list[tuple[int, list[list[int]]]]:
         """(prompt position, samples) of gold-annotated prompts from the rollouts of policy steps
-        step - rm.sample_window + 1 .. step, stop-token samples only when rm.eos_only: what the APO term may use now."""
+        step - rm.sample_window + 1 .. step: what the APO term may use now. Cut samples are dropped (rm.eos_only), or
+        with rm.score_cut_as_stopped kept and scored as if the stop token followed, as gold and every rollout are."""
         window = self.cfg.sample_window
         since = step - window + 1 if window else None
-        grouped = buffer.groups(since_step=since, eos_only=self.cfg.eos_only)
+        as_stopped = self.cfg.score_cut_as_stopped
+        if as_stopped and self.stop_id is None:
+            raise ValueError("rm.score_cut_as_stopped needs the stop token id (AdversarialRewardStep(stop_id=...))")
+        grouped = buffer.groups(since_step=since, eos_only=self.cfg.eos_only and not as_stopped,
+                                append_stop=self.stop_id if as_stopped else None)
         return [(p, r) for p, r in sorted(grouped.items()) if self.prompts[p].gold_ids is not None]
 
     def _draw_groups(self, groups: list[tuple[int, list[list[int]]]]) -> list[tuple[int, list[list[int]]]]:

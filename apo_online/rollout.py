@@ -83,12 +83,14 @@ def score_sequences(backbone, input_ids, attention_mask, prompt_length: int, rol
 
 
 def collect_rollout(ctx, prompts: list[EncodedPrompt], positions: list[int], rollout_config, spec: RolloutSpec,
-                    tokenizer, scorer=None) -> Rollout:
+                    tokenizer, scorer=None, score_cut_as_stopped: bool = False) -> Rollout:
     """Generate spec.samples_per_prompt responses per prompt and compute what the optimizer needs.
 
     positions: each prompt's position in the game's encoded prompt list (kept as Rollout.prompt_index).
-    ctx: TrainingContext (prepared model + accelerator). scorer: a SeparateRewardScorer (reward_model.py) that
-    replaces the shared "reward" adapter, or None."""
+    ctx: TrainingContext (prepared model + accelerator). scorer: a scorer of reward_model.py that scores the
+    responses apart from the other roles' forward (a separate RM, or rm.score_cut_as_stopped), or None: the shared
+    "reward" adapter in the same forward. score_cut_as_stopped: the scorer reads each cut response with the stop
+    token appended (rm.score_cut_as_stopped); the missing-EOS penalty still applies."""
     cfg, n = rollout_config, spec.samples_per_prompt
     pad_id = tokenizer.pad_token_id
     stop_ids = [tokenizer.eos_token_id]
@@ -115,10 +117,12 @@ def collect_rollout(ctx, prompts: list[EncodedPrompt], positions: list[int], rol
     if scorer is None:
         rm_scores = out["reward"]
     else:
+        scored = truncate_lists(responses, response_mask)
+        if score_cut_as_stopped:
+            scored = [r if stopped else r + stop_ids[:1] for r, stopped in zip(scored, has_eos.tolist())]
         with torch.no_grad():
             rm_scores = scorer.score([p.input_ids for p in prompts for _ in range(n)],
-                                     [p.messages for p in prompts for _ in range(n)],
-                                     truncate_lists(responses, response_mask))
+                                     [p.messages for p in prompts for _ in range(n)], scored)
     scores = rm_scores.clone()
     if cfg.missing_eos_penalty is not None:
         scores = scores - cfg.missing_eos_penalty * (~has_eos).float()

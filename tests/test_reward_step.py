@@ -125,7 +125,7 @@ def _rm_step(**rm_fields):
 
     prompts = [EncodedPrompt(i, [1, 2], gold_ids=[3, 9]) for i in range(4)]
     prompts.append(EncodedPrompt(4, [1, 2], gold_ids=None))  # no gold: never in the APO term
-    return AdversarialRewardStep(None, RewardConfig(**rm_fields), prompts, [], scorer=None, seed=0)
+    return AdversarialRewardStep(None, RewardConfig(**rm_fields), prompts, [], scorer=None, seed=0, stop_id=0)
 
 
 def test_sample_window_keeps_only_the_latest_policy_steps():
@@ -143,6 +143,39 @@ def test_eos_only_drops_samples_cut_at_max_new_tokens():
     buffer.add([0, 0, 1, 4], [[5, 9], [6], [7], [8, 9]], step=3, has_eos=[True, False, False, True])
     assert _rm_step(sample_window=1, eos_only=True).fresh_groups(buffer, step=3) == [(0, [[5, 9]])]
     assert _rm_step(sample_window=1, eos_only=False).fresh_groups(buffer, step=3) == [(0, [[5, 9], [6]]), (1, [[7]])]
+
+
+def test_score_cut_as_stopped_gives_cut_and_finished_samples_the_same_apo_term():
+    """Finish-neutral APO term: a cut sample enters the term as the same tokens followed by the stop token (id 0
+    here), i.e. exactly as that sample would had it stopped. With eos_only alone it is dropped, so the APO term only
+    ever pushes finished samples down (what taught the study's policies to stop finishing)."""
+    cut, finished = SampleBuffer(capacity=10), SampleBuffer(capacity=10)
+    cut.add([0], [[5, 6]], step=3, has_eos=[False])
+    finished.add([0], [[5, 6, 0]], step=3, has_eos=[True])
+    neutral = _rm_step(sample_window=1, eos_only=True, score_cut_as_stopped=True)
+    assert neutral.fresh_groups(cut, step=3) == neutral.fresh_groups(finished, step=3) == [(0, [[5, 6, 0]])]
+    assert _rm_step(sample_window=1, eos_only=True).fresh_groups(cut, step=3) == []
+
+
+def test_score_cut_as_stopped_scores_cut_rollouts_with_a_stop_token(tiny_config, single_accelerator):
+    """The rollout's reward of a cut response is the RM's score of it followed by the stop token, minus the
+    missing-EOS penalty; a finished response is scored as it is."""
+    from apo_online.evaluation import scorer_scores
+
+    from apo_online.game import APOGame
+
+    game = APOGame(tiny_config(**{"rm.score_cut_as_stopped": "true", "rollout.missing_eos_penalty": 1.5}),
+                   accelerator=single_accelerator())
+    positions = game.sampler.next_batch()
+    prompts = [game.prompts[i] for i in positions]
+    rollout = collect_rollout(game.ctx, prompts, positions, game.config.rollout, game.spec, game.tokenizer,
+                              scorer=game.scorer, score_cut_as_stopped=True)
+    eos = game.tokenizer.eos_token_id
+    responses = [r if e else r + [eos] for r, e in zip(rollout.response_lists(), rollout.has_eos.tolist())]
+    assert not all(rollout.has_eos.tolist())  # the tiny model rarely stops: there are cut rows to check
+    expected = scorer_scores(game.scorer, [p.input_ids for p in prompts], [p.messages for p in prompts], responses)
+    assert torch.allclose(rollout.rm_scores.cpu(), expected, atol=1e-5)
+    assert torch.allclose(rollout.scores.cpu(), expected - 1.5 * (~rollout.has_eos.cpu()).float(), atol=1e-5)
 
 
 def test_offline_samples_stay_eligible_until_pushed_out():
