@@ -201,12 +201,14 @@ class SharedBackbone(nn.Module):
         return self.reward_head(pooled.to(self.reward_head.weight.dtype)).squeeze(-1).float()
 
     def _reward_with_prefix(self, response_ids: torch.Tensor, response_mask: torch.Tensor,
-                            prefix: SharedPrefix) -> torch.Tensor:
+                            prefix: SharedPrefix, drop_last: tuple[int, ...] = (0,)) -> torch.Tensor:
         """The reward role on prompt + response rows, each distinct prompt run once: its keys and values are gathered
         for every row that continues it, and the gradients of all those rows flow back through the gather into the
         one prompt forward. Same scores and gradients as the joined rows, up to float rounding (tests/test_backbone.py).
 
-        response_ids, response_mask: [B, R] right-padded -> [B]."""
+        response_ids, response_mask: [B, R] right-padded -> [B], or [B, K] for K values of drop_last: each row read
+        as if its last d response tokens were not there (a causal model's earlier positions never see later tokens,
+        so one forward gives them all)."""
         decoder = self.peft_model.get_base_model().get_decoder()
         cache_name = _cache_argument(type(decoder))
         with self.role("reward"):
@@ -218,12 +220,22 @@ class SharedBackbone(nn.Module):
             positions = position_ids_from_mask(mask)[:, prefix.input_ids.shape[1]:]
             hidden = decoder(input_ids=response_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                              **{cache_name: cache}).last_hidden_state
-        lengths = response_mask.long().sum(1)
-        scores = self._reward(hidden, (lengths - 1).clamp(min=0))
-        if bool((lengths == 0).any()):  # an empty response is read at its prompt's last token, as in a joined row
-            prompt_scores = self._reward(prompt.last_hidden_state[prefix.rows], torch.full_like(lengths, -1))
-            scores = torch.where(lengths > 0, scores, prompt_scores)
-        return scores
+        columns = []
+        for dropped in drop_last:
+            lengths = (response_mask.long().sum(1) - dropped).clamp(min=0)
+            scores = self._reward(hidden, (lengths - 1).clamp(min=0))
+            if bool((lengths == 0).any()):  # an empty response is read at its prompt's last token, as in a joined row
+                prompt_scores = self._reward(prompt.last_hidden_state[prefix.rows], torch.full_like(lengths, -1))
+                scores = torch.where(lengths > 0, scores, prompt_scores)
+            columns.append(scores)
+        return columns[0] if len(columns) == 1 else torch.stack(columns, 1)
+
+    @torch.no_grad()
+    def reward_with_and_without_last_token(self, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                                           prefix: SharedPrefix) -> torch.Tensor:
+        """[B, 2]: the reward of each prompt + response row, and of the same row without its last response token
+        (e.g. a response scored with and without its stop token), from one forward with the prefix shared."""
+        return self._reward_with_prefix(response_ids, response_mask, prefix, drop_last=(0, 1))
 
     def _joined(self, response_ids: torch.Tensor, response_mask: torch.Tensor, prefix: SharedPrefix):
         """The rows a prefix stands for, written out: (input_ids, attention_mask) [B, P+R]."""

@@ -36,13 +36,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import this checkout's packages, not an installed copy
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from apo_online.best_of_n import gain_ratio, paired_difference, powers_of_two, selector_curve  # noqa: E402
 from apo_online.bon_samples import build_pool  # noqa: E402
 from apo_online.config import load_config  # noqa: E402
 from apo_online.config_help import config_help  # noqa: E402
-from apo_online.evaluation import scorer_scores  # noqa: E402
+from apo_online.backbone import SharedPrefix  # noqa: E402
+from apo_online.data import right_pad  # noqa: E402
 from apo_online.game import APOGame  # noqa: E402
 from apo_online.gold_judge import load_gold_judge, question_text  # noqa: E402
 from apo_online.judged_task import TESTBED_VERSION  # noqa: E402
@@ -60,19 +62,39 @@ REFITS = {"apo_refit": {"rm": {}}, "pairs_only": {"rm": {"apo_coeff": 0.0}}}  # 
 
 
 def sweep_settings(kind: str) -> dict[str, dict]:
-    """Refit settings tried on validation prompts (name -> setting), besides the recipe's."""
+    """Refit settings tried on validation prompts (name -> setting over the recipe's rm fields), besides the recipe's
+    own (apo_refit) and its pairs-only control: what the APO term compares, its weight, the refit's strength, the
+    human-pair weight, how many samples, and the finish-neutral scoring."""
     if kind == "refit":
         return {
             "apo 0.1": {"rm": {"apo_coeff": 0.1}},
-            "apo 0.3": {"rm": {"apo_coeff": 0.3}},
             "no eos guard": {"rm": {"eos_only": False}},
+            "cut as stopped": {"rm": {"score_cut_as_stopped": True}},
+            "cut as stopped, apo 0.1": {"rm": {"score_cut_as_stopped": True, "apo_coeff": 0.1}},
             "steps 2": {"rm": {"steps_per_update": 2}},
-            "steps 16": {"rm": {"steps_per_update": 16}},
             "beta2 10": {"rm": {"beta2": 10.0}},
-            "window 16": {"rm": {"sample_window": 16}},
-            "lr 3e-5": {"rm": {"learning_rate": 3e-5}},
         }
     return {}
+
+
+def sweep_table(result: dict, selectors: dict, judge: list) -> list[dict]:
+    """Every refit as the game would rank with it (its "as stopped" scores when the setting scores cut samples at a
+    stop position), plus the other scoring and an even mix with the base RM's reward, each as a paired difference
+    from the base RM at n = PAIRED_N."""
+    rows = []
+    for name, refit_info in result["refits"].items():
+        if name.startswith("run:"):
+            continue
+        stopped = refit_info["settings"]["score_cut_as_stopped"]
+        own, other = (f"{name} as stopped", name) if stopped else (name, f"{name} as stopped")
+        base = "base as stopped" if stopped else "base"
+        mixed = [[(a + b) / 2 for a, b in zip(*rows_)] for rows_ in zip(selectors[own], selectors[base])]
+        point = next(p for p in result["selectors"][own] if p["n"] == PAIRED_N)
+        rows.append({"name": name, "settings": refit_info["settings"], "selector": own,
+                     "paired": result["paired"][own], "other_scoring": {other: result["paired"][other]},
+                     "mixed_with_base": paired_difference(mixed, selectors["base"], judge, PAIRED_N),
+                     "cut_pick_rate": point["cut_pick_rate"], "train": refit_info["train"]})
+    return sorted(rows, key=lambda row: -row["paired"]["mean"])
 
 
 def parse_args(argv: list[str] | None):
@@ -109,28 +131,32 @@ def probe_prompts(game: APOGame, split: str, train_prompts: int, limit: int | No
     return prompts, [question_text(examples[p.prompt_index].messages) for p in prompts]
 
 
-def rm_scores(game: APOGame, prompts: list, responses: list[list[list[int]]], desc: str) -> list[list[float]]:
-    """[P][N] raw scores of the game's current RM (shared prompt prefix: one prompt's samples in one batch)."""
-    out = []
-    for prompt, rows in tqdm(list(zip(prompts, responses)), desc=desc, leave=False):
-        out.append(scorer_scores(game.scorer, [prompt.input_ids] * len(rows), [prompt.messages] * len(rows), rows,
-                                 batch_size=len(rows)).tolist())
-    return out
-
-
-def toggled(pool, eos_id: int) -> list[list[list[int]]]:
-    """Every sample with its stop token removed if it has one, appended if it was cut."""
-    return [[r[:-1] if e else r + [eos_id] for r, e in zip(rows, eos)]
-            for rows, eos in zip(pool.response_ids, pool.has_eos)]
+def stop_token_scores(game: APOGame, prompts: list, pool, desc: str) -> tuple[list, list]:
+    """([P][N] score of each sample ending with the stop token, [P][N] score of the same sample without it): a cut
+    sample gets the stop token appended, a finished one is read without it; one forward per prompt (its samples share
+    the prompt's prefix; a causal RM reads both positions from it)."""
+    eos, pad, device = game.tokenizer.eos_token_id, game.tokenizer.pad_token_id, game.ctx.device
+    with_stop, without_stop = [], []
+    for prompt, rows, stopped in tqdm(list(zip(prompts, pool.response_ids, pool.has_eos)), desc=desc, leave=False):
+        ids, mask = right_pad([r if e else r + [eos] for r, e in zip(rows, stopped)], pad)
+        prompt_ids = torch.tensor([prompt.input_ids], device=device)
+        prefix = SharedPrefix(prompt_ids, torch.ones_like(prompt_ids), torch.zeros(len(rows), dtype=torch.long,
+                                                                                   device=device))
+        both = game.ctx.backbone.reward_with_and_without_last_token(ids.to(device), mask.to(device), prefix).cpu()
+        with_stop.append(both[:, 0].tolist())
+        without_stop.append(both[:, 1].tolist())
+    return with_stop, without_stop
 
 
 def measure_rm(game: APOGame, prompts: list, pool, penalty: float, name: str) -> dict:
-    """The current RM as two selectors (as the game scores, and every sample scored at a stop position) and its
-    finish bonus: mean over samples of score(with the stop token) - score(without), with a CI over prompts."""
-    plain = rm_scores(game, prompts, pool.response_ids, f"{name}: scoring")
-    other = rm_scores(game, prompts, toggled(pool, game.tokenizer.eos_token_id), f"{name}: toggled stop token")
-    stopped = [[p if e else o for p, o, e in zip(*rows)] for rows in zip(plain, other, pool.has_eos)]
-    unstopped = [[o if e else p for p, o, e in zip(*rows)] for rows in zip(plain, other, pool.has_eos)]
+    """The current RM as two selectors (as the game scores: a cut sample as it is; "as stopped": every sample at a
+    stop position), each ranking by score - penalty if cut, and its finish bonus: mean over samples of
+    score(with the stop token) - score(without), with a bootstrap CI over prompts."""
+    if game.reward_model is not None:
+        raise SystemExit("eval/bon_probe.py scores with the shared reward adapter; model.reward_model_path is not "
+                         "supported")
+    stopped, unstopped = stop_token_scores(game, prompts, pool, f"{name}: scoring")
+    plain = [[s if e else u for s, u, e in zip(*rows)] for rows in zip(stopped, unstopped, pool.has_eos)]
     bonus = [sum(s - u for s, u in zip(a, b)) / len(a) for a, b in zip(stopped, unstopped)]
     cut = [[0.0 if e else penalty for e in eos] for eos in pool.has_eos]
     reward = lambda scores: [[s - c for s, c in zip(*rows)] for rows in zip(scores, cut)]  # noqa: E731
@@ -197,6 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
               "missing_eos_penalty": penalty, "refit_train_prompts": args.train_prompts,
               "refit_train_eos_fraction": train_eos, "refits": train, "finish_bonus": bonus}
     result |= summarise(selectors, gold, pool.has_eos, args.n)
+    if args.sweep != "none":
+        result["sweep"] = sweep_table(result, selectors, gold)
     result["wall_s"] = time.perf_counter() - started
     output.mkdir(parents=True, exist_ok=True)
     write_json(output / ("bon_sweep.json" if args.sweep != "none" else "bon_probe.json"), result)
@@ -229,6 +257,11 @@ def report(result: dict) -> str:
     s = result["sensitivity"]
     lines.append(f"sensitivity (base gain / judge gain at n = {PAIRED_N}): {s['ratio']:.2f} "
                  f"[{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]")
+    for row in result.get("sweep", []):
+        p, m = row["paired"], row["mixed_with_base"]
+        lines.append(f"  sweep {row['name']:<26} vs base {p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
+                     f"  mixed with base {m['mean']:+.3f} [{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}]"
+                     f"  cut picks {row['cut_pick_rate']:.2f}")
     lines.append("finish bonus (score with stop token - without): " + ", ".join(
         f"{k} {v['mean']:+.3f}" for k, v in result["finish_bonus"].items()))
     return "\n".join(lines)

@@ -152,6 +152,27 @@ def test_shared_prefix_reward_scores_and_gradients_equal_the_joined_rows(backbon
     assert any(g.abs().sum() > 0 for g in joined_grads.values())
 
 
+def test_reward_with_and_without_last_token_equals_two_scorings(backbone):
+    """One forward reads each row twice (eval/bon_probe.py: a response with and without its stop token): the same
+    scores as scoring the rows and the rows cut by one token (an empty one read at its prompt) separately."""
+    from apo_online.backbone import SharedPrefix
+    from apo_online.data import left_pad, right_pad
+
+    prompts, responses = shared_prefix_rows()
+    distinct = list(dict.fromkeys(map(tuple, prompts)))
+    prompt_ids, prompt_mask = left_pad([list(p) for p in distinct], 0)
+    ids, mask = right_pad(responses, 0)
+    prefix = SharedPrefix(prompt_ids, prompt_mask, torch.tensor([distinct.index(tuple(p)) for p in prompts]))
+    both = backbone.reward_with_and_without_last_token(ids, mask, prefix)
+    with torch.no_grad():
+        whole = reward_role_scores(backbone, torch.device("cpu"), 0, prompts, responses, shared_prefix=False)
+        cut = reward_role_scores(backbone, torch.device("cpu"), 0, prompts, [r[:-1] for r in responses],
+                                 shared_prefix=False)
+    assert both.shape == (len(responses), 2)
+    assert torch.allclose(both[:, 0], whole, atol=1e-5) and torch.allclose(both[:, 1], cut, atol=1e-5)
+    assert not torch.allclose(both[:, 0], both[:, 1])
+
+
 def test_shared_prefix_under_gradient_checkpointing_runs_the_joined_rows(backbone):
     joined_scores, _ = reward_scores_and_grads(backbone, shared_prefix=False)
     backbone.gradient_checkpointing_enable()

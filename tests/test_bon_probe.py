@@ -30,8 +30,8 @@ def tiny_run(tmp_path_factory, tiny_model_path):
 def probe_args(tmp_path, *extra):
     overrides = tiny_overrides(tmp_path / "unused", **{"data.dataset_name": "embedded_judged", "data.max_prompts": 8,
                                                        "rm.sample_window": 2, "rollout.prompts_per_step": 2})
-    return ["--output_dir", str(tmp_path / "probe"), "--n", "16", "--max_prompts", "3", "--train_prompts", "6",
-            *extra] + overrides
+    return ["--output_dir", str(tmp_path / "probe"), "--n", "16", "--max_prompts", "3", "--train_prompts", "6"] \
+        + overrides + list(extra)
 
 
 def test_probe_end_to_end_on_the_tiny_model(tmp_path, tiny_run, monkeypatch):
@@ -81,3 +81,27 @@ def test_probe_end_to_end_on_the_tiny_model(tmp_path, tiny_run, monkeypatch):
     again = bon_probe.main(probe_args(tmp_path, "--policy", str(tiny_run)))
     assert again["pool_key"] == result["pool_key"]
     assert [p["gold_mean"] for p in again["selectors"]["base"]] == [p["gold_mean"] for p in result["selectors"]["base"]]
+
+
+def test_sweep_on_validation_prompts_writes_a_paired_table(tmp_path, tiny_run):
+    from accelerate.state import AcceleratorState, GradientState
+
+    from eval import bon_probe
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    # with the stop-token guard on, the tiny model's samples (it never stops) enter the APO term only when cut
+    # samples are scored as stopped
+    result = bon_probe.main(probe_args(tmp_path, "--split", "validation", "--sweep", "refit", "--rm.eos_only", "true"))
+    on_disk = json.loads((tmp_path / "probe" / "bon_sweep.json").read_text())
+    assert on_disk["split"] == "validation" and on_disk["n_prompts"] == 2  # policy prompts 6 and 7 of 8
+    names = {row["name"] for row in on_disk["sweep"]}
+    assert names == {"apo_refit", "pairs_only"} | set(bon_probe.sweep_settings("refit"))
+    means = [row["paired"]["mean"] for row in on_disk["sweep"]]
+    assert means == sorted(means, reverse=True)  # best first
+    stopped = next(row for row in on_disk["sweep"] if row["name"] == "cut as stopped")
+    assert stopped["selector"] == "cut as stopped as stopped" and stopped["settings"]["score_cut_as_stopped"]
+    assert stopped["train"]["rm/fresh_samples"] > 0  # cut samples enter the APO term (the tiny model never stops)
+    guarded = next(row for row in on_disk["sweep"] if row["name"] == "apo_refit")
+    assert guarded["selector"] == "apo_refit" and guarded["train"]["rm/fresh_samples"] == 0.0
+    assert result["sweep"][0]["paired"]["n"] == 16
