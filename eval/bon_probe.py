@@ -198,24 +198,23 @@ def main(argv: list[str] | None = None) -> dict:
     gold = [judge.score([q] * len(texts), texts).tolist() for q, texts in zip(questions, pool.texts)]
     penalty = config.rollout.missing_eos_penalty
     selectors = {"judge": gold, "random": [[0.0] * len(row) for row in gold]}
-    measured = measure_rm(game, prompts, pool, penalty, "base")
-    selectors |= measured["selectors"]
-    bonus, train = {"base": measured["finish_bonus"]}, {}
+    bonus, train = {}, {}
+
+    def add_current_rm(name: str) -> None:  # the game's RM as it is now: its selectors and finish bonus
+        measured = measure_rm(game, prompts, pool, penalty, name)
+        selectors.update(measured["selectors"])
+        bonus[name] = measured["finish_bonus"]
+
+    add_current_rm("base")
     buffer, last_step, train_eos = train_buffer(game, args, policy_dir)
     base_rm = dataclasses.replace(config.rm)
-    refits = REFITS | {name: s for name, s in sweep_settings(args.sweep).items()}
-    for name, setting in refits.items():
+    for name, setting in (REFITS | sweep_settings(args.sweep)).items():
         train[name] = refit(game, buffer, last_step, base_rm, setting, PROBE_SEED) | {
             "settings": dataclasses.asdict(game.rm_step.cfg)}
-        measured = measure_rm(game, prompts, pool, penalty, name)
-        selectors |= measured["selectors"]
-        bonus[name] = measured["finish_bonus"]
+        add_current_rm(name)
     for run in args.rm:
-        name = f"run:{run}"
-        train[name] = {"source": load_run_reward(game, run)}
-        measured = measure_rm(game, prompts, pool, penalty, name)
-        selectors |= measured["selectors"]
-        bonus[name] = measured["finish_bonus"]
+        train[f"run:{run}"] = {"source": load_run_reward(game, run)}
+        add_current_rm(f"run:{run}")
     result = {"testbed": {"name": config.data.dataset_name, "version": TESTBED_VERSION},
               "split": args.split, "policy": str(policy_dir or "reference"), "model": config.model.model_name_or_path,
               "n_prompts": len(prompts), "n_samples": args.n, "pool_key": pool.key,

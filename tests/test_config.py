@@ -132,7 +132,8 @@ def test_flags_of_an_optimizer_that_is_not_running_are_refused_yaml_sections_war
     assert "config sections dpo:, rjs: are ignored: this game runs game.policy_optimizer=ppo" in caplog.text
 
 
-@pytest.mark.parametrize("script", ["recipes/apo_ppo.py", "recipes/apo_rjs.py", "eval/rm_probe.py", "eval/study.py"])
+@pytest.mark.parametrize("script", ["recipes/apo_ppo.py", "recipes/apo_rjs.py", "eval/rm_probe.py", "eval/bon_probe.py",
+                                    "eval/study.py"])
 def test_help_lists_every_field_with_its_default_and_description(script):
     import dataclasses
     import subprocess
