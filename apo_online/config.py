@@ -58,6 +58,8 @@ class Config:
         need(g.total_steps >= 0, f"game.total_steps must be >= 0, got {g.total_steps}")
         need(rm.update_every >= 0, f"rm.update_every must be >= 0 (0 disables), got {rm.update_every}")
         need(rm.mode in ("refit", "continue"), f"rm.mode must be 'refit' or 'continue', got {rm.mode!r}")
+        need(rm.apo_compare in ("each", "mean", "preferred"),
+             f"rm.apo_compare must be 'each', 'mean' or 'preferred', got {rm.apo_compare!r}")
         need(rm.beta2 >= 0 and rm.apo_coeff >= 0, f"rm.beta2 and rm.apo_coeff must be >= 0, got {rm.beta2}, "
              f"{rm.apo_coeff}")
         need(rm.micro_batches >= 1, f"rm.micro_batches must be >= 1, got {rm.micro_batches}")

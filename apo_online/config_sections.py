@@ -86,6 +86,9 @@ class RewardConfig:
     learning_rate: float = 1e-4  # the reward adapter's Adam learning rate (warm-up and APO updates)
     beta2: float = 1.0  # weight of the human-preference Bradley-Terry term
     apo_coeff: float = 1.0  # weight of the gold-vs-sample term
+    # What gold is compared against in the APO term (losses.apo_compared_rm_loss): each sample (the paper), the
+    # samples' mean score, or only the samples the RM currently scores at or above gold.
+    apo_compare: str = "each"
     buffer_size: int = 256  # policy samples on gold-annotated prompts kept for the APO term, per process
     # "Fresh": the APO term draws only samples of the policies of the last `sample_window` policy steps (0: the whole
     # buffer). With window = update_every, every APO update sees only the samples taken since the previous one.

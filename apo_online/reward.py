@@ -194,7 +194,7 @@ class AdversarialRewardStep:
             for q, rows in enumerate(sample_rows):
                 sample_scores[q, : len(rows)] = scores[torch.tensor(rows, device=scores.device)]
                 sample_mask[q, : len(rows)] = 1.0
-            loss_apo = losses.apo_rm_loss(gold, sample_scores, sample_mask)
+            loss_apo = losses.apo_compared_rm_loss(gold, sample_scores, sample_mask, self.cfg.apo_compare)
             gap = gold.detach() - losses.masked_mean(sample_scores.detach(), sample_mask, dim=1)
             metrics.update({"rm/loss_apo": apo_share * loss_apo.item(),
                             "rm/gold_minus_sample": apo_share * gap.mean().item(),

@@ -47,7 +47,7 @@ from apo_online.backbone import SharedPrefix  # noqa: E402
 from apo_online.data import right_pad  # noqa: E402
 from apo_online.game import APOGame  # noqa: E402
 from apo_online.gold_judge import load_gold_judge, question_text  # noqa: E402
-from apo_online.judged_task import TESTBED_VERSION  # noqa: E402
+from apo_online.judged_task import DATASET_VERSIONS  # noqa: E402
 from apo_online.offline_refit import fill_buffer, load_run_reward, refit  # noqa: E402
 from apo_online.run_loading import find_adapters  # noqa: E402
 from apo_online.statistics import bootstrap_mean_ci  # noqa: E402
@@ -73,6 +73,8 @@ def sweep_settings(kind: str) -> dict[str, dict]:
             "cut as stopped, apo 0.1": {"rm": {"score_cut_as_stopped": True, "apo_coeff": 0.1}},
             "steps 2": {"rm": {"steps_per_update": 2}},
             "beta2 10": {"rm": {"beta2": 10.0}},
+            "compare mean": {"rm": {"apo_compare": "mean"}},
+            "compare preferred": {"rm": {"apo_compare": "preferred"}},
         }
     return {}
 
@@ -113,11 +115,21 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--train_prompts", type=int, default=128, help="policy prompts the refits train on")
     parser.add_argument("--sweep", choices=("none", "refit"), default="none",
                         help="refit: also try the refit settings of sweep_settings (use with --split validation)")
+    parser.add_argument("--refits", default=",".join(REFITS), help="comma-separated refits measured besides the base "
+                        f"RM (default {','.join(REFITS)}; 'none': the base RM only, e.g. to check a testbed's "
+                        "sensitivity)")
     parser.add_argument("--output_dir", default=None, help="default eval/results/bon_probe_<date>")
     args, overrides = parser.parse_known_args(argv)
+    unknown = set(refit_names(args.refits)) - set(REFITS)
+    if unknown:
+        parser.error(f"--refits: unknown {sorted(unknown)}; choose from {', '.join(REFITS)} or none")
     if args.n < PAIRED_N:
         parser.error(f"--n must be at least {PAIRED_N} (the paired comparison is at best-of-{PAIRED_N})")
     return args, overrides
+
+
+def refit_names(spec: str) -> list[str]:
+    return [] if spec == "none" else [name.strip() for name in spec.split(",") if name.strip()]
 
 
 def probe_prompts(game: APOGame, split: str, train_prompts: int, limit: int | None):
@@ -208,14 +220,15 @@ def main(argv: list[str] | None = None) -> dict:
     add_current_rm("base")
     buffer, last_step, train_eos = train_buffer(game, args, policy_dir)
     base_rm = dataclasses.replace(config.rm)
-    for name, setting in (REFITS | sweep_settings(args.sweep)).items():
+    refits = {name: REFITS[name] for name in refit_names(args.refits)} | sweep_settings(args.sweep)
+    for name, setting in refits.items():
         train[name] = refit(game, buffer, last_step, base_rm, setting, PROBE_SEED) | {
             "settings": dataclasses.asdict(game.rm_step.cfg)}
         add_current_rm(name)
     for run in args.rm:
         train[f"run:{run}"] = {"source": load_run_reward(game, run)}
         add_current_rm(f"run:{run}")
-    result = {"testbed": {"name": config.data.dataset_name, "version": TESTBED_VERSION},
+    result = {"testbed": {"name": config.data.dataset_name, "version": DATASET_VERSIONS.get(config.data.dataset_name)},
               "split": args.split, "policy": str(policy_dir or "reference"), "model": config.model.model_name_or_path,
               "n_prompts": len(prompts), "n_samples": args.n, "pool_key": pool.key,
               "eos_fraction": sum(map(sum, pool.has_eos)) / (len(prompts) * args.n),

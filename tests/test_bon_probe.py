@@ -105,3 +105,15 @@ def test_sweep_on_validation_prompts_writes_a_paired_table(tmp_path, tiny_run):
     guarded = next(row for row in on_disk["sweep"] if row["name"] == "apo_refit")
     assert guarded["selector"] == "apo_refit" and guarded["train"]["rm/fresh_samples"] == 0.0
     assert result["sweep"][0]["paired"]["n"] == 16
+
+
+def test_refits_option_chooses_the_refits_and_refuses_unknown_names(capsys):
+    from eval import bon_probe
+
+    assert bon_probe.refit_names("none") == [] and bon_probe.refit_names("pairs_only") == ["pairs_only"]
+    args, _ = bon_probe.parse_args(["--refits", "none"])
+    assert bon_probe.refit_names(args.refits) == []
+    assert bon_probe.refit_names(bon_probe.parse_args([])[0].refits) == list(bon_probe.REFITS)
+    with pytest.raises(SystemExit):
+        bon_probe.parse_args(["--refits", "apo_refit,bogus"])
+    assert "unknown ['bogus']" in capsys.readouterr().err

@@ -57,6 +57,31 @@ def test_apo_rm_loss_gradient_widens_gap():
     assert sample.grad.item() == pytest.approx(0.5)
 
 
+def test_apo_compared_rm_loss_mean_and_preferred():
+    gold = torch.tensor([1.0, 0.0])
+    samples = torch.tensor([[0.0, 2.0], [-1.0, 123.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    # each: the paper's form, unchanged
+    close(losses.apo_compared_rm_loss(gold, samples, mask, "each"), float(losses.apo_rm_loss(gold, samples, mask)))
+    # mean: query 0 gold 1 vs mean(0, 2) = 1 -> log 2; query 1 gold 0 vs -1 -> log(1+e^-1)
+    close(losses.apo_compared_rm_loss(gold, samples, mask, "mean"), (math.log(2) + softplus(-1)) / 2)
+    # preferred: query 0 only the sample scored 2 >= gold 1 -> log(1+e^1); query 1 has none (-1 < 0) -> 0,
+    # still counted in the mean over the two queries
+    close(losses.apo_compared_rm_loss(gold, samples, mask, "preferred"), softplus(1) / 2)
+    # a sample tied with gold counts as preferred: gap 0 -> log 2
+    close(losses.apo_compared_rm_loss(torch.tensor([0.0]), torch.tensor([[0.0]]), None, "preferred"), math.log(2))
+    with pytest.raises(ValueError, match="compare must be"):
+        losses.apo_compared_rm_loss(gold, samples, mask, "median")
+
+
+def test_apo_preferred_sends_no_gradient_to_samples_below_gold():
+    gold = torch.tensor([1.0], requires_grad=True)
+    samples = torch.tensor([[0.0, 3.0]], requires_grad=True)
+    losses.apo_compared_rm_loss(gold, samples, None, "preferred").backward()
+    assert samples.grad[0, 0].item() == 0.0  # already below gold: left alone
+    assert samples.grad[0, 1].item() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item())  # pushed down
+
+
 def test_total_rm_loss():
     close(losses.apo_total_rm_loss(torch.tensor(2.0), torch.tensor(3.0), apo_coeff=0.5, beta2=2.0), 7.0)
 
