@@ -15,7 +15,7 @@ import os
 from apo_online.config import Config
 from apo_online.data import PromptEncoder, encode_pairs
 from apo_online.task import load_task_data
-from apo_online.judged_task import missing_queries
+from apo_online.judged_task import DATASET_VERSIONS, missing_queries
 from apo_online.model_loading import ensure_distinct_pad_token, load_tokenizer
 from apo_online.optimizers.base import build_policy_optimizer
 from apo_online.reward import untrained_rm_reason, warmup_step_count
@@ -27,7 +27,7 @@ def plan(config: Config) -> list[str]:
     config.validate(world)
     dc, mc, rm, g = config.data, config.model, config.rm, config.game
     lines = [f"config: OK; {g.policy_optimizer}, {g.total_steps} steps, {world} process(es), output {g.output_dir}"]
-    if dc.dataset_name == "embedded_judged" and (missing := missing_queries(mc, dc)):
+    if dc.dataset_name in DATASET_VERSIONS and (missing := missing_queries(mc, dc)):
         lines.append(f"testbed: {missing} queries of the judge-labelled testbed are not built yet: the run samples "
                      f"them first (python -m apo_online.judged_task builds them ahead); planned on `embedded`")
         dc = dataclasses.replace(dc, dataset_name="embedded")

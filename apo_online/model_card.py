@@ -83,10 +83,10 @@ def _data_lines(raw: dict) -> list[str]:
     if data["dataset_name"] == "embedded":
         lines = ["- prompts: the embedded task (`apo_online/embedded.py`): questions of the English chatterbot corpus "
                  "(shipped on PyPI), gold answers and human preference pairs from its replies"]
-    elif data["dataset_name"] == "embedded_judged":
-        lines = ["- prompts: the judge-labelled testbed (`apo_online/judged_task.py`): questions of the English "
-                 "chatterbot corpus; gold answers are the hidden judge's best of the human replies and reference "
-                 "samples, preference pairs are labelled by the judge (Gao et al. 2022's synthetic labelling)"]
+    elif data["dataset_name"].startswith("embedded_judged"):
+        lines = [f"- prompts: the judge-labelled testbed `{data['dataset_name']}` (`apo_online/judged_task.py`): "
+                 "questions of the English chatterbot corpus; gold answers are the hidden judge's best of the human "
+                 "replies and reference samples, preference pairs are labelled by the judge (Gao et al. 2022's synthetic labelling)"]
     else:
         lines = [f"- prompts: `{data['dataset_name']}` (format `{data['format']}`, split `{data['dataset_split']}`)"]
     for key, what in (("gold_file", "gold answers"), ("preference_file", "human preference pairs"),

@@ -12,7 +12,7 @@ from apo_online.data_formats import convert_rows_with_origin, skip_or_raise
 from apo_online.data_rows import DataFormatError, Row, read_rows
 from apo_online.embedded import build_embedded_task
 from apo_online.hh_apo_formats import GoldResponse
-from apo_online.judged_task import build_judged_task
+from apo_online.judged_task import DATASET_VERSIONS, build_judged_task
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +68,16 @@ def attach_gold_responses(prompts: list[PromptExample], prompt_rows: list[Row | 
     return kept, skipped
 
 
-BUILTIN_TASKS = ("embedded", "embedded_judged")  # the offline tasks (embedded.py, judged_task.py)
+# the offline tasks: embedded.py, and the judged testbed by version (judged_task.py; embedded_judged is v2)
+BUILTIN_TASKS = ("embedded", *DATASET_VERSIONS)
 
 
 def _builtin_task(data_config, seed: int, model_config) -> TaskData:
     if data_config.dataset_name == "embedded":
         return build_embedded_task(seed)
     if model_config is None:
-        raise ValueError("data.dataset_name embedded_judged samples candidates from the base model: pass model_config")
+        raise ValueError(f"data.dataset_name {data_config.dataset_name} samples candidates from the base model: pass "
+                         "model_config")
     return build_judged_task(model_config, data_config, seed)
 
 

@@ -3,7 +3,7 @@ labelled by the judge, the judge's own queries stay out, candidates are generate
 
 import pytest
 
-from apo_online import judged_task
+from apo_online import judged_pairs, judged_task
 from apo_online.config import DataConfig, ModelConfig
 from apo_online.task import load_task_data
 from apo_online.gold_judge import load_gold_judge, question_text
@@ -19,7 +19,7 @@ def canned_samples(monkeypatch):
     """Replace the model's sampling by fixed candidates per question, and count the questions sampled."""
     calls = []
 
-    def fake(model, tokenizer, questions, seed):
+    def fake(model, tokenizer, questions, seed, per_temperature=judged_task.SAMPLES_PER_TEMPERATURE):
         calls.append(list(questions))
         return [[f"{q} Yes, {q.lower()}", "the the the the", "I like electricity."] for q in questions]
 
@@ -82,3 +82,48 @@ def test_real_sampling_on_the_tiny_model_through_load_task_data(tmp_path, tiny_m
     assert len(task.train_prompts) == 2 and all(p.gold for p in task.train_prompts + task.eval_prompts)
     with pytest.raises(ValueError, match="pass model_config"):
         load_task_data(data)
+
+
+@pytest.fixture
+def canned_pair_samples(monkeypatch):
+    """Replace the sampling of v3's RM sample pairs by fixed texts per question, and count calls."""
+    calls = []
+
+    def fake(model, tokenizer, questions, seed, temperatures, per_temperature):
+        calls.append(list(questions))
+        return [[f"{q} Yes.", "the the the the", "I like electricity.", "cake"] for q in questions]
+
+    monkeypatch.setattr(judged_pairs, "sample_texts", fake)
+    return calls
+
+
+def test_v3_adds_judge_labelled_sample_pairs_on_rm_prompts_only(tmp_path, tiny_model_path, judge, canned_samples,
+                                                                 canned_pair_samples):
+    model = ModelConfig(model_name_or_path="tiny-llama", cache_dir=str(tmp_path))
+    v2 = judged_task.build_judged_task(model, DataConfig(max_prompts=2), judge=judge)
+    by_name = judged_task.build_judged_task(model, DataConfig(dataset_name="embedded_judged_v2", max_prompts=2))
+    assert [(p.chosen, p.rejected) for p in by_name.preference_pairs] == \
+        [(p.chosen, p.rejected) for p in v2.preference_pairs]  # embedded_judged is v2, loadable by its name
+    assert not canned_pair_samples  # v2 samples no pairs
+    v3 = judged_task.build_judged_task(model, DataConfig(dataset_name="embedded_judged_v3", max_prompts=2), judge=judge)
+    assert v3.preference_pairs[: len(v2.preference_pairs)] == v2.preference_pairs
+    added = v3.preference_pairs[len(v2.preference_pairs):]
+    rm_prompts = {p.prompt_id for p in v2.preference_pairs}
+    assert len(added) == 2 * len(rm_prompts)  # 4 samples: 2 disjoint pairs per prompt
+    for pair in added:
+        question = question_text(pair.messages)
+        chosen, rejected = judge.score([question, question], [pair.chosen, pair.rejected]).tolist()
+        assert chosen > rejected and pair.chosen != pair.rejected
+    assert {p.prompt_id for p in added} == rm_prompts  # never a policy, eval or judge query
+    assert judged_pairs.pairs_cache_path("tiny-llama", str(tmp_path)).is_file()
+    calls = len(canned_pair_samples)
+    again = judged_task.build_judged_task(model, DataConfig(dataset_name="embedded_judged_v3", max_prompts=2))
+    assert len(canned_pair_samples) == calls and again.preference_pairs == v3.preference_pairs  # from the cache
+
+
+def test_pairs_from_scores_drops_duplicates_and_ties():
+    messages = [{"role": "user", "content": "hi?"}]
+    pairs = judged_pairs.pairs_from_scores("q", messages, ["a", "b", "c", "d", "e"], [1.0, 2.0, 3.0, 0.5, 9.0])
+    assert [(p.chosen, p.rejected) for p in pairs] == [("b", "a"), ("c", "d")]  # disjoint; the odd "e" left out
+    same_text = judged_pairs.pairs_from_scores("q", messages, ["a", "a", "b", "c"], [1.0, 1.0, 2.0, 2.0])
+    assert same_text == []  # equal texts, then equal scores: both dropped
