@@ -24,7 +24,7 @@ from apo_online.assets import cache_root
 from apo_online.data import PreferencePair
 from apo_online.gold_judge import JUDGE_VERSION, question_text
 from apo_online.reference_samples import (CANDIDATE_MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, SYSTEM_PROMPT, batch_seed,
-                                          build_cached, sample_texts)
+                                          build_cached, cached_file, sample_texts)
 
 PAIRS_VERSION = "v3"
 PAIR_SAMPLES = 4  # per RM-split prompt: up to 2 pairs each
@@ -49,6 +49,12 @@ def pairs_from_scores(prompt_id: str, messages: list[dict], texts: list[str], sc
         high, low = (i, j) if scores[i] > scores[j] else (j, i)
         pairs.append(PreferencePair(prompt_id, messages, texts[high], texts[low]))
     return pairs
+
+
+def missing_pair_prompts(model_config, rm_pairs: list[PreferencePair]) -> int:
+    """How many prompts of `rm_pairs` the cached (or shipped) sample pairs lack: what a v3 run would sample."""
+    cached = cached_file(pairs_cache_path(model_config.model_name_or_path, model_config.cache_dir))
+    return len({question_text(p.messages) for p in rm_pairs} - set(cached))
 
 
 def build_sample_pairs(model_config, rm_pairs: list[PreferencePair], judge) -> list[PreferencePair]:

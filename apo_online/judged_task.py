@@ -44,9 +44,10 @@ from apo_online.config import DataConfig, ModelConfig
 from apo_online.data import PreferencePair, PromptExample, TaskData
 from apo_online.embedded import build_embedded_task
 from apo_online.gold_judge import JUDGE_VERSION, load_gold_judge, question_text
-from apo_online.judged_pairs import build_sample_pairs
+from apo_online.judged_pairs import build_sample_pairs, missing_pair_prompts
 from apo_online.reference_samples import (CANDIDATE_MAX_NEW_TOKENS, GENERATION_BATCH, MAX_PROMPT_TOKENS, SHIPPED,
-                                          SYSTEM_PROMPT, batch_seed, build_cached, cached_file, sample_texts)
+                                          SYSTEM_PROMPT, batch_seed, build_cached, cached_file, sample_texts,
+                                          save_atomically)
 
 __all__ = ["GENERATION_BATCH", "SHIPPED", "build_judged_task", "cache_path", "missing_queries", "sample_candidates"]
 
@@ -54,8 +55,10 @@ TESTBED_VERSION = "v2"  # what data.dataset_name embedded_judged builds (the stu
 # Every version stays loadable by name (data.dataset_name): v1's candidates were 3 samples per temperature (the judge
 # preferred gold to a reference sample on only 0.785 of the probe's policy prompts); v2 the same with 8; v3 is v2 plus
 # the RM pairs of judged_pairs.py (judge-labelled pairs of reference samples on the RM-split prompts).
-VERSIONS = {"v1": {"per_temperature": 3, "sample_pairs": False}, "v2": {"per_temperature": 8, "sample_pairs": False},
-            "v3": {"per_temperature": 8, "sample_pairs": True}}
+# candidates: the version whose candidate file it uses (v3 adds RM pairs to v2's candidates, sampled once).
+VERSIONS = {"v1": {"candidates": "v1", "per_temperature": 3, "sample_pairs": False},
+            "v2": {"candidates": "v2", "per_temperature": 8, "sample_pairs": False},
+            "v3": {"candidates": "v2", "per_temperature": 8, "sample_pairs": True}}
 DATASET_VERSIONS = {"embedded_judged": TESTBED_VERSION} | {f"embedded_judged_{v}": v for v in VERSIONS}
 TEMPERATURES = (0.7, 1.0)
 SAMPLES_PER_TEMPERATURE = VERSIONS[TESTBED_VERSION]["per_temperature"]
@@ -73,20 +76,14 @@ class Candidates:
         return self.texts[max(range(len(self.texts)), key=self.judge_scores.__getitem__)]
 
 
-def _candidate_version(version: str) -> str:
-    """The version whose candidates `version` uses (v3 adds RM pairs to v2's candidates)."""
-    return "v2" if version == "v3" else version
-
-
 def _settings(version: str = TESTBED_VERSION) -> list:
-    version = _candidate_version(version)
-    return [version, JUDGE_VERSION, TEMPERATURES, VERSIONS[version]["per_temperature"], CANDIDATE_MAX_NEW_TOKENS,
-            SYSTEM_PROMPT, MAX_PROMPT_TOKENS]
+    return [VERSIONS[version]["candidates"], JUDGE_VERSION, TEMPERATURES, VERSIONS[version]["per_temperature"],
+            CANDIDATE_MAX_NEW_TOKENS, SYSTEM_PROMPT, MAX_PROMPT_TOKENS]
 
 
 def cache_path(model_name: str, cache_dir: str | None = None, version: str = TESTBED_VERSION):
     key = hashlib.sha256(json.dumps([model_name] + _settings(version)).encode()).hexdigest()[:16]
-    return cache_root(cache_dir) / f"judged-task-{_candidate_version(version)}-{key}.json"
+    return cache_root(cache_dir) / f"judged-task-{VERSIONS[version]['candidates']}-{key}.json"
 
 
 def sample_candidates(model, tokenizer, questions: list[str], seed: int,
@@ -100,7 +97,7 @@ def build_candidates(model_config, queries: dict[str, list[str]], judge, version
     """question -> Candidates for every question of `queries` (question -> human replies), from the cache, sampling
     and judging only the questions it lacks (reference_samples.build_cached). judge: () -> the gold judge, called
     only when something is missing."""
-    per_temperature = VERSIONS[_candidate_version(version)]["per_temperature"]
+    per_temperature = VERSIONS[version]["per_temperature"]
 
     def make_batch(batch: list[str], model, tokenizer) -> dict:
         sampled = sample_candidates(model, tokenizer, batch, batch_seed(batch), per_temperature)
@@ -129,17 +126,14 @@ def judge_labelled(pairs: list[PreferencePair], judge, cache_dir: str | None = N
     path = cache_root(cache_dir) / LABELS_FILE
     keys = [_pair_key(p) for p in pairs]
     with file_lock(path.with_suffix(".lock")):
-        source = path if path.is_file() else SHIPPED / LABELS_FILE
-        swapped = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else {}
+        swapped = cached_file(path)
         missing = [(k, p) for k, p in zip(keys, pairs) if k not in swapped]
         if missing:
             questions = [question_text(p.messages) for _, p in missing]
             chosen = judge().score(questions, [p.chosen for _, p in missing]).tolist()
             rejected = judge().score(questions, [p.rejected for _, p in missing]).tolist()
             swapped.update({k: r > c for (k, _), c, r in zip(missing, chosen, rejected)})
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(swapped), encoding="utf-8")
-            tmp.rename(path)
+            save_atomically(path, swapped)
     return [PreferencePair(p.prompt_id, p.messages, p.rejected, p.chosen) if swapped[k] else p
             for k, p in zip(keys, pairs)]
 
@@ -152,10 +146,15 @@ def _queries(base: TaskData, data_config) -> dict[str, list[str]]:
 
 
 def missing_queries(model_config, data_config, seed: int = 0) -> int:
-    """How many of a run's queries the cached (or shipped) testbed lacks: what a run would sample first."""
+    """How many of a run's queries the cached (or shipped) testbed lacks: what a run would sample first (with v3,
+    also the RM-split prompts that lack their sample pairs)."""
     version = DATASET_VERSIONS.get(data_config.dataset_name, TESTBED_VERSION)
+    base = build_embedded_task(seed)
     cached = cached_file(cache_path(model_config.model_name_or_path, model_config.cache_dir, version))
-    return sum(q not in cached for q in _queries(build_embedded_task(seed), data_config))
+    missing = sum(q not in cached for q in _queries(base, data_config))
+    if VERSIONS[version]["sample_pairs"]:
+        missing += missing_pair_prompts(model_config, base.preference_pairs)
+    return missing
 
 
 def build_judged_task(model_config, data_config, seed: int = 0, judge=None, version: str | None = None) -> TaskData:

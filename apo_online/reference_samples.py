@@ -71,6 +71,13 @@ def cached_file(path: Path) -> dict:
     return json.loads(source.read_text(encoding="utf-8")) if source.is_file() else {}
 
 
+def save_atomically(path: Path, content: dict) -> None:
+    """Write JSON beside `path` and rename it over: a crash mid-write never leaves a half file in the cache."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content, ensure_ascii=False), encoding="utf-8")
+    tmp.rename(path)
+
+
 def build_cached(model_config, path: Path, keys: list[str], make_batch: Callable, what: str) -> dict:
     """key -> entry for every key, from the cache file at `path`, building only the missing keys with
     make_batch(keys, model, tokenizer) -> {key: entry} (JSON-serialisable), GENERATION_BATCH keys per call; the base
@@ -85,7 +92,5 @@ def build_cached(model_config, path: Path, keys: list[str], make_batch: Callable
             model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
             for start in tqdm(range(0, len(missing), GENERATION_BATCH), desc=what):
                 cached.update(make_batch(missing[start: start + GENERATION_BATCH], model, tokenizer))
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(cached, ensure_ascii=False), encoding="utf-8")
-                tmp.rename(path)
+                save_atomically(path, cached)
     return cached

@@ -105,10 +105,12 @@ def test_v3_adds_judge_labelled_sample_pairs_on_rm_prompts_only(tmp_path, tiny_m
     assert [(p.chosen, p.rejected) for p in by_name.preference_pairs] == \
         [(p.chosen, p.rejected) for p in v2.preference_pairs]  # embedded_judged is v2, loadable by its name
     assert not canned_pair_samples  # v2 samples no pairs
+    v3_data = DataConfig(dataset_name="embedded_judged_v3", max_prompts=2)
+    rm_prompts = {p.prompt_id for p in v2.preference_pairs}
+    assert judged_task.missing_queries(model, v3_data) == len(rm_prompts)  # what --dry_run says: the pair prompts
     v3 = judged_task.build_judged_task(model, DataConfig(dataset_name="embedded_judged_v3", max_prompts=2), judge=judge)
     assert v3.preference_pairs[: len(v2.preference_pairs)] == v2.preference_pairs
     added = v3.preference_pairs[len(v2.preference_pairs):]
-    rm_prompts = {p.prompt_id for p in v2.preference_pairs}
     assert len(added) == 2 * len(rm_prompts)  # 4 samples: 2 disjoint pairs per prompt
     for pair in added:
         question = question_text(pair.messages)
@@ -116,6 +118,7 @@ def test_v3_adds_judge_labelled_sample_pairs_on_rm_prompts_only(tmp_path, tiny_m
         assert chosen > rejected and pair.chosen != pair.rejected
     assert {p.prompt_id for p in added} == rm_prompts  # never a policy, eval or judge query
     assert judged_pairs.pairs_cache_path("tiny-llama", str(tmp_path)).is_file()
+    assert judged_task.missing_queries(model, v3_data) == 0
     calls = len(canned_pair_samples)
     again = judged_task.build_judged_task(model, DataConfig(dataset_name="embedded_judged_v3", max_prompts=2))
     assert len(canned_pair_samples) == calls and again.preference_pairs == v3.preference_pairs  # from the cache
