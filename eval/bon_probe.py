@@ -4,6 +4,7 @@
     python eval/bon_probe.py --policy runs/apo_ppo            # samples of a trained policy
     python eval/bon_probe.py --rm runs/apo_ppo --rm runs/b    # add any run's final RM as a selector
     python eval/bon_probe.py --split validation --sweep refit # choose refit settings on validation prompts
+    python eval/bon_probe.py --split validation --sweep strength --policy runs/apo_ppo   # the update's strength
 
 1. Build the recipe's game (recipes/configs/apo_ppo.yaml + any --section.field override) and its base RM (the
    warm-up, through the warm-up cache: computed once per setting, then loaded).
@@ -19,7 +20,8 @@
    apo_online/best_of_n.py) against KL_bon = log n - (n-1)/n, bootstrap 95% CIs over prompts; how often the pick is
    a cut sample; the curve among finished samples only; at n = 16 each RM's paired difference from the base RM;
    sensitivity = the base RM's gain from n = 1 to 16 / the judge's. finish_bonus: per RM, the mean of
-   score(sample ending with the stop token) - score(the same sample without it), over every sample.
+   score(sample ending with the stop token) - score(the same sample without it), over every sample. gold_margin: per
+   RM, r(gold) - mean r(samples) per prompt (the adversary is ahead of this policy where it is > 0).
 Writes bon_probe.json (or bon_sweep.json with --sweep), bon_scores.json (every sample's judge score, stop token and
 selector scores) and bon_probe.png to --output_dir (default eval/results/bon_probe_<date>).
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import sys
 import time
 from pathlib import Path
@@ -46,6 +49,7 @@ from apo_online.config_help import config_help  # noqa: E402
 from apo_online.backbone import SharedPrefix  # noqa: E402
 from apo_online.data import right_pad  # noqa: E402
 from apo_online.game import APOGame  # noqa: E402
+from apo_online.evaluation import scorer_scores  # noqa: E402
 from apo_online.gold_judge import load_gold_judge, question_text  # noqa: E402
 from apo_online.judged_task import DATASET_VERSIONS  # noqa: E402
 from apo_online.offline_refit import fill_buffer, load_run_reward, refit  # noqa: E402
@@ -76,6 +80,9 @@ def sweep_settings(kind: str) -> dict[str, dict]:
             "compare mean": {"rm": {"apo_compare": "mean"}},
             "compare preferred": {"rm": {"apo_compare": "preferred"}},
         }
+    if kind == "strength":  # the update's strength: is the adversary ahead of the policy it was refit on?
+        return {"steps 2": {"rm": {"steps_per_update": 2}}, "steps 16": {"rm": {"steps_per_update": 16}},
+                "steps 32": {"rm": {"steps_per_update": 32}}, "lr 3e-4": {"rm": {"learning_rate": 3e-4}}}
     return {}
 
 
@@ -113,12 +120,16 @@ def parse_args(argv: list[str] | None):
                              "--train_prompts (choose settings there)")
     parser.add_argument("--max_prompts", type=int, default=None, help="default: every prompt of the split")
     parser.add_argument("--train_prompts", type=int, default=128, help="policy prompts the refits train on")
-    parser.add_argument("--sweep", choices=("none", "refit"), default="none",
-                        help="refit: also try the refit settings of sweep_settings (use with --split validation)")
+    parser.add_argument("--sweep", choices=("none", "refit", "strength"), default="none",
+                        help="refit: also try the refit settings of sweep_settings; strength: the update strengths "
+                             "(use with --split validation, and --policy for a policy from late in a game)")
     parser.add_argument("--refits", default=",".join(REFITS), help="comma-separated refits measured besides the base "
                         f"RM (default {','.join(REFITS)}; 'none': the base RM only, e.g. to check a testbed's "
                         "sensitivity)")
     parser.add_argument("--output_dir", default=None, help="default eval/results/bon_probe_<date>")
+    parser.add_argument("--summarise_again", default=None, metavar="FOLDER",
+                        help="recompute a finished probe's summary from its bon_scores.json (no model) and add what "
+                             "this version computes to its JSON")
     args, overrides = parser.parse_known_args(argv)
     unknown = set(refit_names(args.refits)) - set(REFITS)
     if unknown:
@@ -162,18 +173,27 @@ def stop_token_scores(game: APOGame, prompts: list, pool, desc: str) -> tuple[li
 
 def measure_rm(game: APOGame, prompts: list, pool, penalty: float, name: str) -> dict:
     """The current RM as two selectors (as the game scores: a cut sample as it is; "as stopped": every sample at a
-    stop position), each ranking by score - penalty if cut, and its finish bonus: mean over samples of
-    score(with the stop token) - score(without), with a bootstrap CI over prompts."""
+    stop position), each ranking by score - penalty if cut; its finish bonus: mean over samples of
+    score(with the stop token) - score(without); and when every prompt has a gold response, the adversary's margin
+    r(gold) - mean r(the policy's samples) per prompt (scores without the penalty), each with a bootstrap CI over
+    prompts."""
     if game.reward_model is not None:
         raise SystemExit("eval/bon_probe.py scores with the shared reward adapter; model.reward_model_path is not "
                          "supported")
     stopped, unstopped = stop_token_scores(game, prompts, pool, f"{name}: scoring")
     plain = [[s if e else u for s, u, e in zip(*rows)] for rows in zip(stopped, unstopped, pool.has_eos)]
+    gold = scorer_scores(game.scorer, [p.input_ids for p in prompts], [p.messages for p in prompts],
+                         [p.gold_ids for p in prompts]).tolist() if all(p.gold_ids for p in prompts) else None
     bonus = [sum(s - u for s, u in zip(a, b)) / len(a) for a, b in zip(stopped, unstopped)]
     cut = [[0.0 if e else penalty for e in eos] for eos in pool.has_eos]
     reward = lambda scores: [[s - c for s, c in zip(*rows)] for rows in zip(scores, cut)]  # noqa: E731
+    margins = {}
+    for selector, scores in ((name, plain), (f"{name} as stopped", stopped)) if gold else ():
+        per_prompt = [g - sum(row) / len(row) for g, row in zip(gold, scores)]  # r(gold) - mean r(samples)
+        margins[selector] = {"mean": sum(per_prompt) / len(per_prompt), "ci95": list(bootstrap_mean_ci(per_prompt))}
     return {"selectors": {name: reward(plain), f"{name} as stopped": reward(stopped)},
-            "finish_bonus": {"mean": sum(bonus) / len(bonus), "ci95": list(bootstrap_mean_ci(bonus))}}
+            "finish_bonus": {"mean": sum(bonus) / len(bonus), "ci95": list(bootstrap_mean_ci(bonus))},
+            "gold_margin": margins}
 
 
 def train_buffer(game: APOGame, args, policy_dir):
@@ -188,15 +208,42 @@ def train_buffer(game: APOGame, args, policy_dir):
 
 
 def summarise(selectors: dict, judge: list, has_eos: list, n: int) -> dict:
+    """Curves, paired differences from the base RM and sensitivity; the same again for the "as stopped" selectors
+    against "base as stopped" (how a game with rm.score_cut_as_stopped true ranks)."""
     ns = powers_of_two(n)
     rms = [name for name in selectors if name not in ("judge", "random", "base")]
+    stopped = [name for name in rms if name.endswith(" as stopped") and name != "base as stopped"]
+
+    def pair(names: list[str], base: str) -> dict:
+        return {name: paired_difference(selectors[name], selectors[base], judge, PAIRED_N) for name in names}
+
     return {"selectors": {name: selector_curve(scores, judge, has_eos, ns) for name, scores in selectors.items()},
-            "paired": {name: paired_difference(selectors[name], selectors["base"], judge, PAIRED_N) for name in rms},
-            "sensitivity": gain_ratio(selectors["base"], judge, PAIRED_N)}
+            "paired": pair(rms, "base"), "sensitivity": gain_ratio(selectors["base"], judge, PAIRED_N),
+            "paired_as_stopped": pair(stopped, "base as stopped"),
+            "sensitivity_as_stopped": gain_ratio(selectors["base as stopped"], judge, PAIRED_N)}
+
+
+def summarise_again(folder: Path) -> dict:
+    """Recompute the summary of a finished probe from its bon_scores.json alone (no model): the fields this version
+    of summarise adds are written into its bon_probe.json / bon_sweep.json, the rest is left as it was."""
+    scores = json.loads((folder / "bon_scores.json").read_text())["prompts"]
+    judge = [[s["judge"] for s in p["samples"]] for p in scores]
+    names = list(scores[0]["samples"][0]["scores"])
+    selectors = {"judge": judge, "random": [[0.0] * len(row) for row in judge]}
+    selectors |= {name: [[s["scores"][name] for s in p["samples"]] for p in scores] for name in names}
+    has_eos = [[s["has_eos"] for s in p["samples"]] for p in scores]
+    path = next(folder / f for f in ("bon_sweep.json", "bon_probe.json") if (folder / f).is_file())
+    result = json.loads(path.read_text())
+    result |= summarise(selectors, judge, has_eos, len(judge[0]))
+    write_json(path, result)
+    print(report(result))
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict:
     args, overrides = parse_args(argv)
+    if args.summarise_again:
+        return summarise_again(Path(args.summarise_again))
     started = time.perf_counter()
     config = load_config(overrides + ["--rm.warmup_cache", "true"], default_yaml=RECIPE_YAML)
     output = Path(args.output_dir or f"eval/results/bon_probe_{datetime.date.today().isoformat()}")
@@ -210,12 +257,13 @@ def main(argv: list[str] | None = None) -> dict:
     gold = [judge.score([q] * len(texts), texts).tolist() for q, texts in zip(questions, pool.texts)]
     penalty = config.rollout.missing_eos_penalty
     selectors = {"judge": gold, "random": [[0.0] * len(row) for row in gold]}
-    bonus, train = {}, {}
+    bonus, margin, train = {}, {}, {}
 
     def add_current_rm(name: str) -> None:  # the game's RM as it is now: its selectors and finish bonus
         measured = measure_rm(game, prompts, pool, penalty, name)
         selectors.update(measured["selectors"])
         bonus[name] = measured["finish_bonus"]
+        margin.update(measured["gold_margin"])
 
     add_current_rm("base")
     buffer, last_step, train_eos = train_buffer(game, args, policy_dir)
@@ -233,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
               "n_prompts": len(prompts), "n_samples": args.n, "pool_key": pool.key,
               "eos_fraction": sum(map(sum, pool.has_eos)) / (len(prompts) * args.n),
               "missing_eos_penalty": penalty, "refit_train_prompts": args.train_prompts,
-              "refit_train_eos_fraction": train_eos, "refits": train, "finish_bonus": bonus}
+              "refit_train_eos_fraction": train_eos, "refits": train, "finish_bonus": bonus, "gold_margin": margin}
     result |= summarise(selectors, gold, pool.has_eos, args.n)
     if args.sweep != "none":
         result["sweep"] = sweep_table(result, selectors, gold)
@@ -266,9 +314,12 @@ def report(result: dict) -> str:
             else ""
         lines.append(f"  {name:<28} {point['gold_mean']:+.3f} [{point['ci95'][0]:+.3f}, {point['ci95'][1]:+.3f}]"
                      f"  cut picks {point['cut_pick_rate']:.2f}{vs_base}")
-    s = result["sensitivity"]
-    lines.append(f"sensitivity (base gain / judge gain at n = {PAIRED_N}): {s['ratio']:.2f} "
-                 f"[{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]")
+    for key, base in (("sensitivity", "base"), ("sensitivity_as_stopped", "base as stopped")):
+        s = result[key]
+        lines.append(f"sensitivity ({base} gain / judge gain at n = {PAIRED_N}): {s['ratio']:.2f} "
+                     f"[{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]")
+    lines += [f"  {name:<28} vs base as stopped {p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
+              for name, p in result["paired_as_stopped"].items()]
     for row in result.get("sweep", []):
         p, m = row["paired"], row["mixed_with_base"]
         lines.append(f"  sweep {row['name']:<26} vs base {p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
@@ -276,6 +327,8 @@ def report(result: dict) -> str:
                      f"  cut picks {row['cut_pick_rate']:.2f}")
     lines.append("finish bonus (score with stop token - without): " + ", ".join(
         f"{k} {v['mean']:+.3f}" for k, v in result["finish_bonus"].items()))
+    lines += [f"gold margin r(gold) - mean r(sample) {k}: {v['mean']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]"
+              for k, v in result.get("gold_margin", {}).items()]
     return "\n".join(lines)
 
 

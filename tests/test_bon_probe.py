@@ -73,6 +73,18 @@ def test_probe_end_to_end_on_the_tiny_model(tmp_path, tiny_run, monkeypatch):
                  for p in scores]
         assert sum(picks) / 3 == pytest.approx(on_disk["selectors"][name][-1]["gold_mean"])
     assert result["paired"]["apo_refit"]["n_prompts"] == 3
+    assert set(on_disk["paired_as_stopped"]) >= {"apo_refit as stopped", f"{run} as stopped"}
+    assert on_disk["sensitivity_as_stopped"]["n"] == 16
+    # the adversary's margin r(gold) - mean r(samples) per RM, with its CI over prompts
+    assert set(on_disk["gold_margin"]) >= {"base", "base as stopped", "apo_refit"}
+    margin = on_disk["gold_margin"]["base"]
+    assert margin["ci95"][0] <= margin["mean"] <= margin["ci95"][1]
+
+    # the summary recomputed from bon_scores.json alone (no model) is the one the probe wrote
+    written = (tmp_path / "probe" / "bon_probe.json").read_text()
+    again = bon_probe.main(["--summarise_again", str(tmp_path / "probe")])
+    assert json.loads((tmp_path / "probe" / "bon_probe.json").read_text()) == json.loads(written)
+    assert again["paired"] == on_disk["paired"]
 
     # a second probe of the same policy reuses the cached pool: nothing is sampled again
     monkeypatch.setattr(bon_samples, "_sample_prompt", lambda *a, **k: pytest.fail("sampled again"))
