@@ -5,6 +5,8 @@ Roles:
   value      adapter "value"   + a zero-initialised scalar head, per token
   reward     adapter "reward"  + a scalar head, read at the last real token
   reference  all adapters disabled (the untouched base) -> token log-probs
+Only the adapters of the roles a game uses are built (`adapter_roles_for`): policy and reward always, value (adapter and
+head) only for a policy optimizer that trains it (PPO), so DPO, RJS and GRPO games carry no unused critic.
 The base weights stay frozen. `SharedBackbone.forward` computes several roles in ONE call so that DDP and DeepSpeed
 see one forward per backward; the adapter switch inside it always restores the previous adapter (try/finally).
 """
@@ -26,8 +28,19 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from trl.trainer.utils import selective_log_softmax
 
 ADAPTER_ROLES = ("policy", "value", "reward")
+REQUIRED_ADAPTER_ROLES = ("policy", "reward")  # every game samples with the policy and scores with the reward role
 REFERENCE = "reference"
 ALL_ROLES = ADAPTER_ROLES + (REFERENCE,)
+
+
+def adapter_roles_for(trained_roles) -> tuple[str, ...]:
+    """The adapters a game builds: policy and reward, plus those of `trained_roles` (a policy optimizer's roles, e.g.
+    PPO's ("policy", "value")), in ADAPTER_ROLES order."""
+    unknown = set(trained_roles) - set(ADAPTER_ROLES)
+    if unknown:
+        raise ValueError(f"unknown adapter roles {sorted(unknown)}: expected some of {ADAPTER_ROLES}")
+    wanted = set(REQUIRED_ADAPTER_ROLES) | set(trained_roles)
+    return tuple(role for role in ADAPTER_ROLES if role in wanted)
 
 
 @dataclass(frozen=True)
@@ -74,30 +87,43 @@ class SharedPrefix(NamedTuple):
 
 
 class SharedBackbone(nn.Module):
-    """Base LM + adapters policy/value/reward + value and reward heads. Build with `SharedBackbone.build`."""
+    """Base LM + adapters policy/reward (+ value) + reward (+ value) head. Build with `SharedBackbone.build`.
 
-    def __init__(self, peft_model: PeftModel):
+    `adapter_roles` are the adapters it holds; without "value", value_head is None and the value role is refused."""
+
+    def __init__(self, peft_model: PeftModel, adapter_roles: tuple[str, ...] = ADAPTER_ROLES):
         super().__init__()
         self.peft_model = peft_model
+        self.adapter_roles = tuple(adapter_roles)
         hidden = peft_model.get_base_model().config.hidden_size
-        self.value_head = nn.Linear(hidden, 1)
+        value_head = nn.Linear(hidden, 1)  # drawn even when dropped, for the same reason as in build
+        self.value_head = value_head if "value" in self.adapter_roles else None
         self.reward_head = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.value_head.weight)  # value head zero-init (checklist): first advantages = returns
-        nn.init.zeros_(self.value_head.bias)
+        if self.value_head is not None:  # value head zero-init (checklist): first advantages = returns
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
         nn.init.normal_(self.reward_head.weight, std=1.0 / math.sqrt(hidden + 1))
         nn.init.zeros_(self.reward_head.bias)
         self._adapter_params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
         self.eval()  # dropout off in all roles; training mode is never needed
 
     @classmethod
-    def build(cls, causal_lm: nn.Module, lora: LoraSettings) -> "SharedBackbone":
+    def build(cls, causal_lm: nn.Module, lora: LoraSettings,
+              adapter_roles: tuple[str, ...] = ADAPTER_ROLES) -> "SharedBackbone":
+        """Wrap `causal_lm` with one LoRA adapter per role of `adapter_roles` (policy and reward at least; see
+        adapter_roles_for) and their heads."""
+        adapter_roles = adapter_roles_for(adapter_roles)
         peft_config = lora.to_peft()
         with warnings.catch_warnings():  # peft still reads transformers' deprecated is_gradient_checkpointing
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             peft_model = get_peft_model(causal_lm, peft_config, adapter_name="policy")
         for role in ADAPTER_ROLES[1:]:
             peft_model.add_adapter(role, peft_config)
-        backbone = cls(peft_model)
+            if role not in adapter_roles:
+                # initialised and dropped: the random draws stay those of a full backbone, so the reward role starts
+                # from the same weights whichever the policy optimizer (shared warm-up cache, comparable seeds)
+                peft_model.delete_adapter(role)
+        backbone = cls(peft_model, adapter_roles)
         backbone._activate("policy")
         return backbone
 
@@ -159,6 +185,9 @@ class SharedBackbone(nn.Module):
         """Run the body with `role`'s adapter active (or all adapters off for "reference"); always restore."""
         if role not in ALL_ROLES:
             raise ValueError(f"unknown role {role!r}: expected one of {ALL_ROLES}")
+        if role != REFERENCE and role not in self.adapter_roles:
+            raise ValueError(f"this backbone has no {role!r} adapter (built with {', '.join(self.adapter_roles)}: "
+                             f"only a policy optimizer whose roles include {role!r} gets one)")
         if role == REFERENCE:
             try:
                 with self.peft_model.disable_adapter():
@@ -178,9 +207,9 @@ class SharedBackbone(nn.Module):
     # parameters by role
     # ---------------------------------------------------------------------------------------------------------------
     def role_parameters(self, role: str) -> list[nn.Parameter]:
-        """Trainable parameters of one role: its adapter (+ its scalar head)."""
+        """Trainable parameters of one role: its adapter (+ its scalar head); none for a role this backbone lacks."""
         params = [p for n, p in self.peft_model.named_parameters() if "lora_" in n and f".{role}." in n]
-        if role == "value":
+        if role == "value" and self.value_head is not None:
             params += list(self.value_head.parameters())
         elif role == "reward":
             params += list(self.reward_head.parameters())

@@ -1,7 +1,8 @@
 """Save and resume everything the game needs to continue exactly where it stopped.
 
 A checkpoint folder `<output_dir>/checkpoints/step-000042/` holds
-  trainable.pt          every trainable weight (adapters policy/value/reward, value and reward heads)   [rank 0]
+  trainable.pt          every trainable weight (adapters policy/reward/value, reward and value heads)   [rank 0]
+                        (value only in games whose policy optimizer trains one: PPO)
   reward_model.pt       the separate reward model's weights, when model.reward_model_path is used       [rank 0]
   optimizer.pt          RoleAdamW state (Adam moments and step counts of every role)                     [rank 0]
   deepspeed/            instead of the two above under DeepSpeed: the engine's own checkpoint (trainable
@@ -101,14 +102,19 @@ def weights_checksum(weights: dict[str, torch.Tensor]) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # save
 # ---------------------------------------------------------------------------------------------------------------------
+FAILED_STEP_REASONS = ("nonfinite", "bad_reward")
+
+
 def save_checkpoint(game, step: int, reason: str = "periodic", keep_last: int = 0) -> Path:
     """Collective: every process must call it. Returns the final folder.
 
-    reason: periodic | final | signal (all at a step boundary) or nonfinite (in the middle of a failed step).
+    reason: periodic | final | signal (all at a step boundary), or nonfinite | bad_reward (in the middle of a failed
+    step: the folder's name says so, and keep_last never deletes such a checkpoint).
     keep_last > 0 deletes all but the newest `keep_last` step-boundary checkpoints afterwards."""
     accelerator, ctx = game.accelerator, game.ctx
     root = checkpoint_root(game.config.game.output_dir)
-    name = f"{CHECKPOINT_PREFIX}{step:06d}" + ("-nonfinite" if reason == "nonfinite" else "")
+    failed_step = reason in FAILED_STEP_REASONS
+    name = f"{CHECKPOINT_PREFIX}{step:06d}" + (f"-{reason.replace('_', '-')}" if failed_step else "")
     final, tmp = root / name, root / f".tmp-{name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -138,7 +144,7 @@ def save_checkpoint(game, step: int, reason: str = "periodic", keep_last: int = 
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-        if keep_last > 0 and reason != "nonfinite":
+        if keep_last > 0 and not failed_step:
             for old in clean_checkpoints(game.config.game.output_dir)[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -146,14 +152,26 @@ def save_checkpoint(game, step: int, reason: str = "periodic", keep_last: int = 
 
 
 def export_adapters(ctx, folder: Path) -> None:
-    """peft adapter folders (policy, value, reward) and the two scalar heads, in user-loadable form.
-    Collective (ZeRO-3 gathers the weights); the main process writes."""
+    """peft adapter folders (policy, reward, and value where the backbone has one) and their scalar heads in heads.pt
+    (reward_head, value_head), in user-loadable form. Collective (ZeRO-3 gathers the weights); the main process
+    writes."""
     backbone = ctx.backbone
     with ctx.gathered(list(ctx.trainable_parameters().values())):
         if ctx.accelerator.is_main_process:
-            backbone.peft_model.save_pretrained(str(folder), selected_adapters=["policy", "value", "reward"])
-            torch.save({"value_head": backbone.value_head.state_dict(),
-                        "reward_head": backbone.reward_head.state_dict()}, folder / "heads.pt")
+            backbone.peft_model.save_pretrained(str(folder), selected_adapters=list(backbone.adapter_roles))
+            heads = {"reward_head": backbone.reward_head.state_dict()}
+            if backbone.value_head is not None:
+                heads["value_head"] = backbone.value_head.state_dict()
+            torch.save(heads, folder / "heads.pt")
+
+
+def drop_absent_role_weights(weights: dict[str, torch.Tensor],
+                             adapter_roles: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Saved weights without those of adapter roles this backbone does not build: a DPO/RJS checkpoint written while
+    every game still built a value adapter holds that adapter, never trained (its LoRA B still 0), and its head."""
+    absent = [role for role in ("policy", "value", "reward") if role not in adapter_roles]
+    return {name: value for name, value in weights.items()
+            if not any(f".{role}." in name or name.startswith(f"{role}_head.") for role in absent)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -168,7 +186,9 @@ def check_compatible(meta: dict, path: Path, num_processes: int, zero_stage: int
             f"--num_processes {saved} (each process's RNG state and RM sample buffer cannot be redistributed)")
     saved_stage = meta.get("zero_stage")
     if saved_stage != zero_stage:
-        describe = lambda stage: "no DeepSpeed" if stage is None else f"DeepSpeed ZeRO-{stage}"
+        def describe(stage):
+            return "no DeepSpeed" if stage is None else f"DeepSpeed ZeRO-{stage}"
+
         raise CheckpointError(f"{path} was written with {describe(saved_stage)} but this run uses "
                               f"{describe(zero_stage)}: resume with the same accelerate config")
     changed = [f"{section}.{key}: {meta['config'][section][key]!r} in the checkpoint, {config[section][key]!r} now"
@@ -189,7 +209,8 @@ def load_checkpoint(game, path: Path) -> int:
         if loaded is None:
             raise CheckpointError(f"{path / 'deepspeed'}: DeepSpeed could not load its checkpoint")
     else:
-        ctx.write_weights(torch.load(path / "trainable.pt", map_location="cpu", weights_only=True))
+        saved = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
+        ctx.write_weights(drop_absent_role_weights(saved, ctx.backbone.adapter_roles))
         game.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
     if game.reward_model is not None:  # never under DeepSpeed (refused in APOGame)
         game.scorer.load_weights(torch.load(path / "reward_model.pt", map_location="cpu", weights_only=True))

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from apo_online.config import load_config
-from apo_online.errors import BAD_INPUT, NonFiniteUpdates
+from apo_online.errors import BAD_INPUT, GAME_FAULTS
 from apo_online.stopping import follow_launcher
 
 
@@ -23,18 +23,19 @@ def _setup_logging() -> None:
 
 USAGE = """usage: accelerate launch RECIPE [--config FILE.yaml] [--section.field VALUE ...] [--dry_run] [--help]
 
-  --config FILE   a YAML file of sections (model:, data:, rollout:, game:, rm:, ppo: ...) over the recipe's own
+  --config FILE   a YAML file of sections (model:, data:, rollout:, game:, rm:, reward:, ppo: ...) over the recipe's own
   --dry_run       check the config and the data and print the plan, without loading model weights
   --field VALUE   also accepted when only one section has that field
-Exit status: 0 finished; 2 bad config, data, checkpoint or run directory; 3 too many non-finite updates; 128+N
-stopped by signal N after a checkpoint (README: what each launcher makes of these)."""
+Exit status: 0 finished; 2 bad config, data, checkpoint or run directory; 3 too many non-finite updates or a bad
+reward value; 128+N stopped by signal N after a checkpoint (README: what each launcher makes of these)."""
 
 
 def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None) -> int:
     """Run one game and return the exit status, with a one-line message (no traceback) when it did not finish:
     2 bad configuration, data or checkpoint, or a run directory in use or holding an earlier run's output;
-    3 stopped after too many non-finite updates (a checkpoint was written); 128+N stopped by signal N (SIGTERM:
-    143, SIGINT: 130) after a checkpoint. A launcher may report these differently (README, fault table)."""
+    3 stopped after too many non-finite updates or a reward term's bad value (a checkpoint was written); 128+N
+    stopped by signal N (SIGTERM: 143, SIGINT: 130) after a checkpoint. A launcher may report these differently
+    (README, fault table)."""
 
     _setup_logging()
     log = logging.getLogger("apo_online")
@@ -62,7 +63,7 @@ def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None)
     except (*BAD_INPUT, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except NonFiniteUpdates as err:
+    except GAME_FAULTS as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
     except KeyboardInterrupt as err:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from apo_online.config_sections import DataConfig, GameConfig, ModelConfig, RewardConfig, RolloutConfig
+from apo_online.config_sections import (DataConfig, GameConfig, ModelConfig, PolicyRewardConfig, RewardConfig,
+                                        RolloutConfig)
 from apo_online.errors import ConfigError
 from apo_online.optimizers.registry import get_optimizer_entry, known_optimizer_names
 
@@ -29,10 +30,11 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     game: GameConfig = field(default_factory=GameConfig)
     rm: RewardConfig = field(default_factory=RewardConfig)
+    reward: PolicyRewardConfig = field(default_factory=PolicyRewardConfig)
     # Per-optimizer sections, keyed by registered optimizer name, each its optimizer's own dataclass.
     optimizers: dict[str, Any] = field(default_factory=dict)
 
-    CORE_SECTIONS = ("model", "data", "rollout", "game", "rm")
+    CORE_SECTIONS = ("model", "data", "rollout", "game", "rm", "reward")
 
     def optimizer_config(self, name: str | None = None) -> Any:
         """The config dataclass of optimizer `name` (default: the one the game uses), defaults if not given."""
@@ -90,7 +92,7 @@ class Config:
 # loading: YAML file + CLI overrides
 # --------------------------------------------------------------------------------------------------------------------
 def _convert(value: Any, annotation: Any, where: str) -> Any:
-    """Convert a YAML or CLI value to the field's annotated type (str, int, float, bool, X | None)."""
+    """Convert a YAML or CLI value to the field's annotated type (str, int, float, bool, list[X], X | None)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -99,6 +101,12 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         return _convert(value, options[0], where)
     if annotation is Any:
         return value
+    if origin is list:  # a YAML list, or comma-separated on the command line
+        (inner,) = typing.get_args(annotation) or (Any,)
+        items = [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list (comma-separated on the command line), got {value!r}")
+        return [_convert(item, inner, f"{where}[{i}]") for i, item in enumerate(items)]
     if annotation is bool:
         if isinstance(value, bool):
             return value

@@ -1,10 +1,10 @@
-"""The sections of the run configuration (model, data, rollout, game, rm): plain dataclasses whose `#` comments are
-the `--help` text (config_help.py reads them). config.py assembles them into `Config`, loads and checks them.
+"""The sections of the run configuration (model, data, rollout, game, rm, reward): plain dataclasses whose `#` comments
+are the `--help` text (config_help.py reads them). config.py assembles them into `Config`, loads and checks them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -144,3 +144,15 @@ class GameConfig:
     # data.num_eval_prompts held-out prompts, and the RM is checked against it (eval/gold_*, eval/rm_*_on_policy).
     gold_judge: bool = False
     eval_samples_per_prompt: int = 2  # >= 2 gives pairs of policy samples to check the RM's rankings on
+
+
+@dataclass
+class PolicyRewardConfig:
+    """The policy's reward, the `reward:` section (apo_online/reward_terms.py): a weighted sum of terms, each logged
+    as reward/<name>; rollout.missing_eos_penalty is then subtracted once from cut samples."""
+
+    # rm (the game's RM, the APO adversary; without it the RM is neither warmed up nor updated), judge (the judged
+    # testbed's hidden judge, for oracle runs only), or a function FILE.py:NAME / package.module:NAME with TRL's
+    # signature f(prompts, completions, **kwargs) -> list[float]. YAML: a list; command line: comma-separated.
+    terms: list[str] = field(default_factory=lambda: ["rm"])
+    weights: list[float] | None = None  # one per term, in the same order (None: every weight 1)

@@ -19,6 +19,7 @@ from apo_online.judged_task import DATASET_VERSIONS, missing_queries
 from apo_online.model_loading import ensure_distinct_pad_token, load_tokenizer
 from apo_online.optimizers.base import build_policy_optimizer
 from apo_online.reward import untrained_rm_reason, warmup_step_count
+from apo_online.reward_config import parse_reward_terms
 
 
 def plan(config: Config) -> list[str]:
@@ -32,7 +33,9 @@ def plan(config: Config) -> list[str]:
                      f"them first (python -m apo_online.judged_task builds them ahead); planned on `embedded`")
         dc = dataclasses.replace(dc, dataset_name="embedded")
     task = load_task_data(dc, g.seed, mc)
-    untrained = untrained_rm_reason(config, task)
+    terms = parse_reward_terms(config)  # loads every function term once
+    uses_rm = any(term.spec == "rm" for term in terms)
+    untrained = untrained_rm_reason(config, task) if uses_rm else None
     tokenizer = load_tokenizer(mc.tokenizer_name_or_path or mc.model_name_or_path, mc.cache_dir)
     ensure_distinct_pad_token(tokenizer)
     encoder = PromptEncoder(tokenizer, dc.max_prompt_tokens, dc.prompt_overflow, dc.max_response_tokens,
@@ -48,8 +51,11 @@ def plan(config: Config) -> list[str]:
         f"prompts: {template}; {encoder.truncated_prompts} truncated, {encoder.rejected_prompts} rejected at "
         f"data.max_prompt_tokens={dc.max_prompt_tokens} ({dc.prompt_overflow})",
         rollout_line(config),
+        "policy reward: " + " + ".join(f"{t.weight:g} x {t.spec}" for t in terms) + (
+            f", minus {config.rollout.missing_eos_penalty:g} if cut" if config.rollout.missing_eos_penalty else ""),
     ]
-    lines += rm_lines(config, len(pairs), with_gold, untrained)
+    lines += rm_lines(config, len(pairs), with_gold, untrained) if uses_rm else [
+        "RM: not used (reward.terms has no rm term): no warm-up, no APO updates"]
     lines.append("nothing was trained; no model weights were loaded")
     return lines
 

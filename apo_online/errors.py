@@ -1,6 +1,6 @@
-"""The errors a run ends with, one line each (apo_online/cli.py prints them and exits 2, or 3 for
-NonFiniteUpdates). In one module that imports nothing of the package, so every module can raise them without
-importing the module that detects them."""
+"""The errors a run ends with, one line each (apo_online/cli.py prints them and exits 2, or 3 for the GAME_FAULTS).
+In one module that imports nothing of the package, so every module can raise them without importing the module that
+detects them."""
 
 from __future__ import annotations
 
@@ -34,6 +34,14 @@ class MissingOfflinePackage(RuntimeError):
 
 class NonFiniteUpdates(RuntimeError):
     """Too many consecutive updates had a non-finite loss or gradient."""
+
+
+class BadReward(RuntimeError):
+    """A reward term (apo_online/reward_terms.py) returned the wrong number of values, a non-number, NaN or inf."""
+
+
+# what the game turns into a checkpoint and a stop, and apo_online/cli.py into "error: <message>" and exit status 3
+GAME_FAULTS = (NonFiniteUpdates, BadReward)
 
 
 # what apo_online/cli.py turns into "error: <message>" and exit status 2

@@ -2,16 +2,18 @@
 
   0. RM warm-up: Bradley-Terry on human preference pairs (the base RM; refit mode returns to it)
   for each step:
-    1. rollout       sample responses with the policy adapter, cut at the stop token, score with the RM,
-                     reference log-probs with adapters off, values with the value adapter
+    1. rollout       sample responses with the policy adapter, cut at the stop token, score with the reward terms
+                     (the RM by default; reward_terms.py), reference log-probs with adapters off, values with the
+                     value adapter
     2. policy update the pluggable policy optimizer (PPO by default) consumes the rollout
-    3. RM update     every rm.update_every steps: the adversarial APO refit of the reward adapter on
-                     (gold, fresh sample) groups from the buffer + beta2 * human pairs
+    3. RM update     every rm.update_every steps, when the reward has an rm term: the adversarial APO refit of
+                     the reward adapter on (gold, fresh sample) groups from the buffer + beta2 * human pairs
     4. bookkeeping   log (TensorBoard + metrics.jsonl), evaluate, checkpoint on their cadences
 
 Faults: SIGTERM/SIGINT finish the current step, checkpoint and stop (stopping.py: a repeat within a few seconds is the
-same stop, a later one aborts at once); after game.max_consecutive_skips non-finite updates in a row the game
-checkpoints and raises NonFiniteUpdates. The run directory is locked while the game lives (run_directory.py).
+same stop, a later one aborts at once); after game.max_consecutive_skips non-finite updates in a row, or a bad value
+from a reward term (reward_terms.py), the game checkpoints and raises NonFiniteUpdates or BadReward. The run
+directory is locked while the game lives (run_directory.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 from apo_online.backbone import LoraSettings, SharedBackbone
 from apo_online.checkpoint import export_adapters, load_checkpoint, save_checkpoint
 from apo_online.config import Config, ConfigError
+from apo_online.errors import GAME_FAULTS, BadReward
 from apo_online.data import PromptEncoder, PromptSampler, TaskData, encode_pairs
 from apo_online.distributed import describe_launch, make_accelerator
 from apo_online.evaluation import GoldJudgeEvaluator
@@ -40,12 +43,13 @@ from apo_online.model_loading import load_causal_lm
 from apo_online.optimizers.base import build_policy_optimizer
 from apo_online.reward import AdversarialRewardStep, SampleBuffer, untrained_rm_reason
 from apo_online.reward_model import SeparateRewardScorer, SharedRewardScorer, load_separate_reward_model
+from apo_online.reward_config import build_reward, parse_reward_terms
 from apo_online.rollout import collect_rollout
 from apo_online.run_directory import claim_run_directory
-from apo_online.run_log import MetricsLog, progress_postfix
+from apo_online.run_log import MetricsLog, flat_hparams, progress_postfix
 from apo_online.stopping import StopRequests
 from apo_online.task import load_task_data
-from apo_online.training import NonFiniteUpdates, RoleAdamW, TrainingContext
+from apo_online.training import RoleAdamW, TrainingContext
 from apo_online.warmup_cache import warm_up_reward_model
 
 logger = logging.getLogger(__name__)
@@ -78,13 +82,18 @@ class APOGame:
     def _setup(self, task: TaskData | None) -> None:
         config = self.config
         self.task = task or load_task_data(config.data, config.game.seed, config.model)
-        self.untrained_rm = untrained_rm_reason(config, self.task)  # checked before the model loads
+        self.reward_specs = parse_reward_terms(config)  # checked before the model loads, as is the RM
+        self.uses_rm = any(spec.spec == "rm" for spec in self.reward_specs)  # else no warm-up and no APO updates
+        self.untrained_rm = untrained_rm_reason(config, self.task) if self.uses_rm else None
         set_seed(config.game.seed)  # identical initial weights on every process
         self.policy_optimizer = build_policy_optimizer(config)
         self.spec = self.policy_optimizer.rollout_spec()
         if self.spec.samples_per_prompt is None:
             self.spec = dataclasses.replace(self.spec, samples_per_prompt=config.rollout.samples_per_prompt)
         self._build_model()
+        as_stopped = config.rm.score_cut_as_stopped  # the RM then scores cut samples with a stop token appended
+        self.reward = build_reward(self.reward_specs, self.scorer if self.reward_model or as_stopped else None,
+                                   as_stopped, config.model.cache_dir)
         self._build_data()
         self.buffer = SampleBuffer(config.rm.buffer_size)
         if config.data.seed_buffer_from_samples:  # offline samples of an APO samples file (hh_apo_formats.py)
@@ -93,7 +102,8 @@ class APOGame:
                                              seed=config.game.seed + self.accelerator.process_index,
                                              stop_id=self.tokenizer.eos_token_id)
         self.heldout_margin = (HeldOutMargin(self, config.rm.heldout_margin_prompts)
-                               if config.rm.heldout_margin_prompts and config.rm.update_every else None)
+                               if config.rm.heldout_margin_prompts and config.rm.update_every and self.uses_rm
+                               else None)
         self.policy_optimizer.setup(self.ctx, config)
         self.step, self.warmed_up = 0, False
         self.stop_signal: int | None = None  # the signal that asked this run to stop
@@ -108,7 +118,9 @@ class APOGame:
     def _build_model(self) -> None:
         mc = self.config.model
         causal_lm, self.tokenizer = load_causal_lm(mc)
-        backbone = SharedBackbone.build(causal_lm, LoraSettings(mc.lora_r, mc.lora_alpha, mc.lora_target_modules))
+        # adapters policy and reward plus the optimizer's roles: a value adapter only for an optimizer that trains one
+        backbone = SharedBackbone.build(causal_lm, LoraSettings(mc.lora_r, mc.lora_alpha, mc.lora_target_modules),
+                                        tuple(self.policy_optimizer.roles))
         if mc.gradient_checkpointing:
             backbone.gradient_checkpointing_enable()
         rates = dict(self.policy_optimizer.learning_rates(), reward=self.config.rm.learning_rate)
@@ -153,19 +165,20 @@ class APOGame:
     # the loop
     # ---------------------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
-        """Play the game to game.total_steps, or until a signal or repeated non-finite updates stop it."""
+        """Play the game to game.total_steps, or until a signal, repeated non-finite updates or a bad reward stop it."""
         resumed = self._resume()
-        self.metrics_log.start(_flat_hparams(self.config), resumed_step=self.step if resumed else None)
+        self.metrics_log.start(flat_hparams(self.config.to_dict()), resumed_step=self.step if resumed else None)
         stops = StopRequests(self._request_stop)
         stops.install()
         try:
             return self._play()
-        except NonFiniteUpdates as err:
-            # every process reaches this together: the skip decision uses the all-reduced gradient only
-            self.last_checkpoint = save_checkpoint(self, self.step, reason="nonfinite")
+        except GAME_FAULTS as err:
+            # every process reaches this together: the skip decision uses the all-reduced gradient only, and a bad
+            # reward is all-reduced in play_step
+            reason = "bad_reward" if isinstance(err, BadReward) else "nonfinite"
+            self.last_checkpoint = save_checkpoint(self, self.step, reason=reason)
             where = f"step {self.step + 1}" if self.warmed_up else "the RM warm-up"
-            raise NonFiniteUpdates(f"{err} during {where}; stopped with a checkpoint in {self.last_checkpoint}") \
-                from None
+            raise type(err)(f"{err} during {where}; stopped with a checkpoint in {self.last_checkpoint}") from None
         finally:
             stops.restore()
             self.metrics_log.close()
@@ -175,7 +188,7 @@ class APOGame:
     def _play(self) -> dict[str, float]:
         g = self.config.game
         if not self.warmed_up:  # 0. RM warm-up
-            warmup = warm_up_reward_model(self, show_progress=self.accelerator.is_main_process)
+            warmup = warm_up_reward_model(self, show_progress=self.accelerator.is_main_process) if self.uses_rm else {}
             start = self.evaluate() if g.eval_at_start else {}  # the policy is still the reference here
             self._log(warmup | self.data_metrics() | start, step=0)
             self.warmed_up = True
@@ -215,10 +228,13 @@ class APOGame:
         g, started = self.config.game, time.perf_counter()
         # 1. rollout
         positions = self.sampler.next_batch()
-        as_stopped = self.config.rm.score_cut_as_stopped  # the rollout's RM then scores cut samples with a stop token
-        rollout = collect_rollout(self.ctx, [self.prompts[i] for i in positions], positions, self.config.rollout,
-                                  self.spec, self.tokenizer, scorer=self.scorer if self.reward_model or as_stopped
-                                  else None, score_cut_as_stopped=as_stopped)
+        try:
+            rollout, fault = collect_rollout(self.ctx, [self.prompts[i] for i in positions], positions,
+                                             self.config.rollout, self.spec, self.tokenizer, self.reward), None
+        except BadReward as err:
+            fault = err
+        if self.ctx.global_sum(float(fault is not None)) > 0:  # a reward term failed somewhere: all stop together
+            raise fault or BadReward("a reward term returned a bad value on another process")
         after_rollout = time.perf_counter()
         # 2. policy update (the optimizer's own objective/* values win over the game's generic ones)
         metrics = objective_metrics(rollout) | self.policy_optimizer.step(rollout)
@@ -228,7 +244,7 @@ class APOGame:
         responses, has_eos = rollout.response_lists(), rollout.has_eos.tolist()
         self.buffer.add([int(rollout.prompt_index[i]) for i in rows], [responses[i] for i in rows], self.step,
                         [has_eos[i] for i in rows])
-        if self.config.rm.update_every and (self.step + 1) % self.config.rm.update_every == 0:
+        if self.uses_rm and self.config.rm.update_every and (self.step + 1) % self.config.rm.update_every == 0:
             metrics.update(self.rm_step.update(self.buffer, self.step))
             if self.heldout_margin is not None:  # is the adversary ahead of the policy it just saw?
                 metrics.update(self.heldout_margin(self))
@@ -250,9 +266,9 @@ class APOGame:
 
     # ---------------------------------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        """RM preference accuracy on held-out pairs, plus every registered evaluator."""
+        """RM preference accuracy on held-out pairs (when the reward has an rm term), plus every evaluator."""
         metrics: dict[str, float] = {}
-        if self.eval_pairs:
+        if self.eval_pairs and self.uses_rm:
             with torch.no_grad():
                 _, rm_metrics = self.rm_step.loss([], self.eval_pairs[:32])
             metrics["eval/rm_pref_accuracy"] = rm_metrics["rm/pref_accuracy"]
@@ -320,18 +336,15 @@ class APOGame:
 
 
 def objective_metrics(rollout) -> dict[str, float]:
-    """What every policy optimizer's rollout is logged with: RM scores, and with reference log-probs the sequence
-    KL to the reference (k1, at the sampling temperature) and the sampling entropy estimate."""
+    """What every policy optimizer's rollout is logged with: its scores (objective/rm_scores before the missing-EOS
+    penalty), each reward term (reward/<name>) and their weighted sum (reward/total, = objective/rm_scores), and with
+    reference log-probs the sequence KL to the reference (k1, at the sampling temperature) and the entropy estimate."""
     metrics = {"objective/scores": rollout.scores.mean().item(), "objective/rm_scores": rollout.rm_scores.mean().item()}
+    if rollout.term_scores:
+        metrics["reward/total"] = metrics["objective/rm_scores"]
+        metrics.update({f"reward/{name}": values.mean().item() for name, values in rollout.term_scores.items()})
     if rollout.ref_logprobs is not None:
         metrics["objective/kl"] = (rollout.logprobs - rollout.ref_logprobs).sum(1).mean().item()
         metrics["objective/entropy"] = (-rollout.logprobs.sum(1)).mean().item()
     return metrics
 
-
-def _flat_hparams(config: Config) -> dict:
-    flat = {}
-    for section, values in config.to_dict().items():
-        for key, value in values.items():
-            flat[f"{section}/{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat

@@ -58,6 +58,13 @@ def apo_settings(raw: dict) -> dict:
             if key.startswith("rm_") or key in APO_GAME_FIELDS}
 
 
+def exported_roles(final: Path) -> list[str]:
+    """The roles of ROLE_WORK with an adapter folder in `final` (value only for PPO runs); all of them when `final`
+    holds none yet (a card rendered without its adapters)."""
+    present = [role for role in ROLE_WORK if (final / role).is_dir()]
+    return present or list(ROLE_WORK)
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "es" if noun.endswith("s") else "s")
 
@@ -86,7 +93,8 @@ def _data_lines(raw: dict) -> list[str]:
     elif data["dataset_name"].startswith("embedded_judged"):
         lines = [f"- prompts: the judge-labelled testbed `{data['dataset_name']}` (`apo_online/judged_task.py`): "
                  "questions of the English chatterbot corpus; gold answers are the hidden judge's best of the human "
-                 "replies and reference samples, preference pairs are labelled by the judge (Gao et al. 2022's synthetic labelling)"]
+                 "replies and reference samples, preference pairs are labelled by the judge (Gao et al. 2022's "
+                 "synthetic labelling)"]
     else:
         lines = [f"- prompts: `{data['dataset_name']}` (format `{data['format']}`, split `{data['dataset_split']}`)"]
     for key, what in (("gold_file", "gold answers"), ("preference_file", "human preference pairs"),
@@ -102,7 +110,8 @@ def usage_snippet(raw: dict, final: Path, has_chat_template: bool) -> str:
     """Python that loads the base model and the policy adapter with peft and answers one question."""
     model = raw["model"]["model_name_or_path"]
     dtype = "" if raw["model"]["dtype"] == "float32" else f", dtype=torch.{raw['model']['dtype']}"
-    imports = ["import torch", "from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer"]
+    imports = ["import torch", "from peft import PeftModel",
+               "from transformers import AutoModelForCausalLM, AutoTokenizer"]
     if model in OFFLINE_COPIES:  # a built-in: the exact offline copy the adapters were trained on
         imports.append("from apo_online.model_loading import resolve_model_path")
         base = [f"base = AutoModelForCausalLM.from_pretrained(resolve_model_path({model!r}){dtype})  # offline copy"]
@@ -115,7 +124,8 @@ def usage_snippet(raw: dict, final: Path, has_chat_template: bool) -> str:
         {"role": "user", "content": "What is your favourite book?"}]
     prompt = ("text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)"
               if has_chat_template else  # the transcript apo_online.data.PromptEncoder writes without a template
-              "text = \"\\n\".join(f\"{m['role'].capitalize()}: {m['content']}\" for m in messages) + \"\\nAssistant:\"")
+              "text = \"\\n\".join(f\"{m['role'].capitalize()}: {m['content']}\" for m in messages) "
+              "+ \"\\nAssistant:\"")
     return "\n".join([
         *imports,
         "",
@@ -144,12 +154,14 @@ def render_card(raw: dict, final: Path, trained_roles: tuple[str, ...], records:
     if name in HUB_IDS or name not in OFFLINE_COPIES and not Path(name).exists():
         front["base_model"] = base_model_id(name)  # a hub id: the hub links the card to its base model
     steps = max((r["step"] for r in records), default=0)
+    exported = exported_roles(final)
     roles = [f"| `{role}/` | {work} | " + (f"`{optimizer}` policy optimizer" if role in trained_roles else
                                            "APO reward updates" if role == "reward" else "not trained in this run")
-             + " |" for role, work in ROLE_WORK.items()]
+             + " |" for role, work in ROLE_WORK.items() if role in exported]
     if model.get("reward_model_path"):
-        roles[2] = (f"| `reward/` | unused: the reward model was the separate `{model['reward_model_path']}`, its "
-                    f"trained weights are in the last checkpoint's `reward_model.pt` | - |")
+        roles[exported.index("reward")] = (
+            f"| `reward/` | unused: the reward model was the separate `{model['reward_model_path']}`, its "
+            f"trained weights are in the last checkpoint's `reward_model.pt` | - |")
     hub = f" (hub id `{HUB_IDS[name]}`)" if name in HUB_IDS else ""
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
@@ -171,12 +183,13 @@ def render_card(raw: dict, final: Path, trained_roles: tuple[str, ...], records:
         "", "## Final metrics", "", f"From `{METRICS_FILE}` (step 0: RM warm-up and data counts).", "",
         _metrics_table(records),
         "", "## Use", "", "```python", usage_snippet(raw, final, has_chat_template), "```", "",
-        "The value and reward adapters need their heads (`heads.pt`): `apo_online.run_loading.load_run(final)` "
+        ("The value and reward adapters need their heads" if "value" in exported else
+         "The reward adapter needs its head") + " (`heads.pt`): `apo_online.run_loading.load_run(final)` "
         "rebuilds all roles. `python eval/generate.py --run <output_dir> --prompt \"...\"` shows the policy's and the "
         "reference's answers side by side with their scores; `eval/policy_eval.py` and `eval/rm_eval.py` measure them.",
         "", "## Files", "",
-        "`policy/`, `value/`, `reward/` (peft adapters), `heads.pt`, `tokenizer/`, `config.yaml` (the run's full "
-        "configuration).", ""]
+        ", ".join(f"`{role}/`" for role in exported) + " (peft adapters), `heads.pt`, `tokenizer/`, `config.yaml` "
+        "(the run's full configuration).", ""]
     return "\n".join(lines)
 
 

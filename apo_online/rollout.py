@@ -1,17 +1,19 @@
-"""Rollout: sample responses with the policy adapter, cut them at the stop token, and score them.
+"""Rollout: sample responses with the policy adapter, cut them at the stop token, and score them with the policy's
+reward terms (apo_online/reward_terms.py).
 
 Rows are prompt-major: with n samples per prompt, rows i*n .. i*n+n-1 answer prompt i.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import selective_log_softmax
 
 from apo_online.data import EncodedPrompt, left_pad
+from apo_online.reward_terms import Completions, RewardSum
 
 
 @dataclass
@@ -31,13 +33,14 @@ class Rollout:
     prompt_length: int  # P
     response_mask: torch.Tensor  # [B, R] float: 1 on response tokens up to and including the stop token
     logprobs: torch.Tensor  # [B, R] policy log-probs at sampling time (temperature-scaled), 0 outside the mask
-    scores: torch.Tensor  # [B] RM score minus the missing-EOS penalty
-    rm_scores: torch.Tensor  # [B] raw RM score
+    scores: torch.Tensor  # [B] the reward (the weighted sum of reward.terms) minus the missing-EOS penalty
+    rm_scores: torch.Tensor  # [B] the reward before the penalty: the raw RM score when the reward is the RM alone
     has_eos: torch.Tensor  # [B] bool: the response produced the stop token
     samples_per_prompt: int
     temperature: float
     ref_logprobs: torch.Tensor | None = None  # [B, R]
     values: torch.Tensor | None = None  # [B, R] V(s_t) before each response token, 0 outside the mask
+    term_scores: dict[str, torch.Tensor] = field(default_factory=dict)  # [B] each reward term's own value, by name
 
     @property
     def response_ids(self) -> torch.Tensor:  # [B, R]
@@ -83,15 +86,16 @@ def score_sequences(backbone, input_ids, attention_mask, prompt_length: int, rol
 
 
 def collect_rollout(ctx, prompts: list[EncodedPrompt], positions: list[int], rollout_config, spec: RolloutSpec,
-                    tokenizer, scorer=None, score_cut_as_stopped: bool = False) -> Rollout:
+                    tokenizer, reward: RewardSum | None = None) -> Rollout:
     """Generate spec.samples_per_prompt responses per prompt and compute what the optimizer needs.
 
     positions: each prompt's position in the game's encoded prompt list (kept as Rollout.prompt_index).
-    ctx: TrainingContext (prepared model + accelerator). scorer: a scorer of reward_model.py that scores the
-    responses apart from the other roles' forward (a separate RM, or rm.score_cut_as_stopped), or None: the shared
-    "reward" adapter in the same forward. score_cut_as_stopped: the scorer reads each cut response with the stop
-    token appended (rm.score_cut_as_stopped); the missing-EOS penalty still applies."""
+    ctx: TrainingContext (prepared model + accelerator). reward: the policy's reward terms (reward_terms.py; None:
+    the shared reward adapter alone). A term that reads a role of the rollout's own forward (the shared reward
+    adapter) gets it from that forward; the others score the responses themselves. The missing-EOS penalty is
+    subtracted once, from the weighted sum."""
     cfg, n = rollout_config, spec.samples_per_prompt
+    reward = reward or RewardSum.rm_only()
     pad_id = tokenizer.pad_token_id
     stop_ids = [tokenizer.eos_token_id]
     prompt_ids, prompt_mask = left_pad([p.input_ids for p in prompts], pad_id)
@@ -107,30 +111,25 @@ def collect_rollout(ctx, prompts: list[EncodedPrompt], positions: list[int], rol
         input_ids = torch.cat([sequences[:, :prompt_length], responses], 1)
         attention_mask = torch.cat([prompt_mask.repeat_interleave(n, 0), response_mask.long()], 1)
         wanted = {"policy": not cfg.logprobs_from_generation, "reference": spec.needs_ref_logprobs,
-                  "value": spec.needs_values, "reward": scorer is None}
+                  "value": spec.needs_values, "reward": "reward" in reward.forward_roles}
         roles = tuple(role for role, needed in wanted.items() if needed)
         out = score_sequences(backbone, input_ids, attention_mask, prompt_length, roles, cfg.temperature,
                               cfg.forward_batch_size)
         if cfg.logprobs_from_generation:  # raw logits of every generation step [B, R, V]; same helper as the forward
             step_logits = torch.stack(generated.logits, 1).float()
             out["policy"] = selective_log_softmax(step_logits, responses, temperature=cfg.temperature)
-    if scorer is None:
-        rm_scores = out["reward"]
-    else:
-        scored = truncate_lists(responses, response_mask)
-        if score_cut_as_stopped:
-            scored = [r if stopped else r + stop_ids[:1] for r, stopped in zip(scored, has_eos.tolist())]
-        with torch.no_grad():
-            rm_scores = scorer.score([p.input_ids for p in prompts for _ in range(n)],
-                                     [p.messages for p in prompts for _ in range(n)], scored)
-    scores = rm_scores.clone()
+    rows = [p for p in prompts for _ in range(n)]
+    completions = Completions(rows, [p for p in positions for _ in range(n)], truncate_lists(responses, response_mask),
+                              has_eos.tolist(), tokenizer, {r: out[r] for r in reward.forward_roles})
+    raw_scores, term_scores = reward(completions, ctx.device)
+    scores = raw_scores.clone()
     if cfg.missing_eos_penalty is not None:
         scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
     return Rollout(
         prompt_index=torch.tensor(positions, device=ctx.device).repeat_interleave(n),
         input_ids=input_ids, attention_mask=attention_mask, prompt_length=prompt_length,
-        response_mask=response_mask, logprobs=out["policy"] * response_mask, scores=scores, rm_scores=rm_scores,
-        has_eos=has_eos, samples_per_prompt=n, temperature=cfg.temperature,
+        response_mask=response_mask, logprobs=out["policy"] * response_mask, scores=scores, rm_scores=raw_scores,
+        has_eos=has_eos, samples_per_prompt=n, temperature=cfg.temperature, term_scores=term_scores,
         ref_logprobs=out["reference"] * response_mask if "reference" in out else None,
         values=out["value"] * response_mask if "value" in out else None,
     )

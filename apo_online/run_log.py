@@ -85,3 +85,12 @@ class MetricsLog:
     def close(self) -> None:
         self.accelerator.end_training()  # flushes TensorBoard
 
+
+
+def flat_hparams(sections: dict[str, dict]) -> dict:
+    """Config.to_dict() as TensorBoard's hparams: section/field -> a number, string or bool (anything else as str)."""
+    flat = {}
+    for section, values in sections.items():
+        for key, value in values.items():
+            flat[f"{section}/{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat

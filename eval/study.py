@@ -2,9 +2,12 @@
 
     python eval/study.py run --output_dir runs/study --seeds 1,2,3,4,5 --jobs 2 --game.total_steps 60
     python eval/study.py summarise --output_dir eval/results/study_<date> --runs runs/study [runs/study_part2 ...]
+    python eval/study.py run --arms frozen_ppo,apo_ppo,pairs_only_ppo,oracle_ppo --data.dataset_name embedded_judged_v3 \
+        --rm.score_cut_as_stopped true ...    # on the testbed version that passes the best-of-n gate
 
 Arms (ARMS below): frozen_ppo (rm.update_every 0), apo_ppo (the recipe), pairs_only_ppo (the same RM updates with
-rm.apo_coeff 0: as much RM training, human pairs only; the paper's RM_Base-AB ablation), frozen_rjs, apo_rjs.
+rm.apo_coeff 0: as much RM training, human pairs only; the paper's RM_Base-AB ablation), frozen_rjs, apo_rjs,
+frozen_grpo, apo_grpo, and oracle_ppo (the ceiling: PPO on the hidden judge's score, reward.terms judge).
 `run` plays each arm x seed that is not finished in <output_dir>/<arm>/seed_<k>, --jobs at a time, each with
 --game.cpu_threads = cores / jobs, game.gold_judge on, an evaluation at step 0 and every game.eval_every steps on
 data.num_eval_prompts held-out prompts x game.eval_samples_per_prompt samples (fixed eval seed), checkpoints every
@@ -45,9 +48,14 @@ ARMS = {  # name -> (recipe, overrides)
     "pairs_only_ppo": ("apo_ppo", ["--rm.apo_coeff", "0"]),
     "frozen_rjs": ("apo_rjs", ["--rm.update_every", "0"]),
     "apo_rjs": ("apo_rjs", []),
+    "frozen_grpo": ("apo_grpo", ["--rm.update_every", "0"]),
+    "apo_grpo": ("apo_grpo", []),
+    # the ceiling: PPO on the hidden judge's score (reward.terms judge; no RM at all). Judged testbeds only
+    "oracle_ppo": ("apo_ppo", ["--reward.terms", "judge"]),
 }
-PAIRED = [("apo_ppo", "frozen_ppo"), ("apo_ppo", "pairs_only_ppo"), ("apo_rjs", "frozen_rjs")]
-GAO_FORMS = {"ppo": "rl", "rjs": "bon"}  # d(alpha - beta log d) for RL, d(alpha - beta d) for best-of-n
+PAIRED = [("apo_ppo", "frozen_ppo"), ("apo_ppo", "pairs_only_ppo"), ("apo_rjs", "frozen_rjs"),
+          ("apo_grpo", "frozen_grpo"), ("oracle_ppo", "frozen_ppo")]
+GAO_FORMS = {"ppo": "rl", "rjs": "bon", "grpo": "rl"}  # d(alpha - beta log d) for RL, d(alpha - beta d) for best-of-n
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -184,7 +184,7 @@ def test_the_game_logs_the_objective_of_every_optimizer_by_hand():
 
     rollout = SimpleNamespace(scores=torch.tensor([1.0, -2.0]), rm_scores=torch.tensor([1.0, -1.0]),
                               logprobs=torch.tensor([[-1.0, -2.0], [-0.5, 0.0]]),
-                              ref_logprobs=torch.tensor([[-1.5, -2.0], [-1.0, 0.0]]))
+                              ref_logprobs=torch.tensor([[-1.5, -2.0], [-1.0, 0.0]]), term_scores={})
     metrics = objective_metrics(rollout)
     assert metrics["objective/scores"] == pytest.approx(-0.5) and metrics["objective/rm_scores"] == pytest.approx(0.0)
     assert metrics["objective/kl"] == pytest.approx((0.5 + 0.5) / 2)  # per row sum of (log pi - log pi_ref)

@@ -3,6 +3,7 @@
 import torch
 
 from apo_online.reward import SampleBuffer
+from apo_online.reward_terms import RewardSum
 from apo_online.rollout import collect_rollout
 
 
@@ -169,7 +170,7 @@ def test_score_cut_as_stopped_scores_cut_rollouts_with_a_stop_token(tiny_config,
     positions = game.sampler.next_batch()
     prompts = [game.prompts[i] for i in positions]
     rollout = collect_rollout(game.ctx, prompts, positions, game.config.rollout, game.spec, game.tokenizer,
-                              scorer=game.scorer, score_cut_as_stopped=True)
+                              RewardSum.rm_only(game.scorer, score_cut_as_stopped=True))
     eos = game.tokenizer.eos_token_id
     responses = [r if e else r + [eos] for r, e in zip(rollout.response_lists(), rollout.has_eos.tolist())]
     assert not all(rollout.has_eos.tolist())  # the tiny model rarely stops: there are cut rows to check

@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from apo_online.model_loading import load_tokenizer
+from apo_online.reward_terms import RewardSum
 from apo_online.rollout import collect_rollout
 
 
@@ -31,7 +32,7 @@ def test_separate_reward_model_scores_rollouts_and_is_the_one_trained(tiny_confi
     positions = game.sampler.next_batch()
     prompts = [game.prompts[i] for i in positions]
     rollout = collect_rollout(game.ctx, prompts, positions, game.config.rollout, game.spec, game.tokenizer,
-                              scorer=game.scorer)
+                              RewardSum.rm_only(game.scorer))
     with torch.no_grad():
         expected = game.scorer.score([p.input_ids for p in prompts], [p.messages for p in prompts],
                                      rollout.response_lists())

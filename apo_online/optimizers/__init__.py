@@ -1,4 +1,4 @@
-"""Policy optimizers: PPO (default), DPO, RJS, and any registered by the user."""
+"""Policy optimizers: PPO (default), DPO, RJS, GRPO, and any registered by the user."""
 
 from apo_online.optimizers.base import (
     PolicyOptimizer,

@@ -20,8 +20,8 @@ at import time, so a user module only has to be imported before the config is lo
 
 Rollouts are prompt-major: with n samples per prompt, rows i*n .. i*n+n-1 answer prompt i. RolloutSpec's
 samples_per_prompt=None means "rollout.samples_per_prompt from the config"; an optimizer that compares samples of
-the same prompt (DPO, RJS) checks n in its validate function with `require_samples_per_prompt`.
-Built-in optimizers (BUILTIN_MODULES) are imported on first use: ppo (default), dpo, rjs.
+the same prompt (DPO, RJS, GRPO) checks n in its validate function with `require_samples_per_prompt`.
+Built-in optimizers (BUILTIN_MODULES) are imported on first use: ppo (default), dpo, rjs, grpo.
 """
 
 from __future__ import annotations

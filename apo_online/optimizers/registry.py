@@ -16,6 +16,7 @@ BUILTIN_MODULES = {
     "ppo": "apo_online.optimizers.ppo",
     "dpo": "apo_online.optimizers.dpo",
     "rjs": "apo_online.optimizers.rjs",
+    "grpo": "apo_online.optimizers.grpo",
 }
 
 

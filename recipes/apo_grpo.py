@@ -1,0 +1,21 @@
+"""Online APO with GRPO policy updates: each sample's advantage is its RM score against the other samples of its
+prompt, a clipped ratio loss with a k3 KL term, no value model (apo_online/optimizers/grpo.py).
+
+    accelerate launch recipes/apo_grpo.py                                # offline default (SmolLM2-135M, embedded task)
+    accelerate launch recipes/apo_grpo.py --grpo.loss_type dr_grpo --grpo.scale_rewards none   # Dr. GRPO
+    accelerate launch recipes/apo_grpo.py --grpo.loss_type dapo --grpo.cliprange_high 0.28 --grpo.beta 0   # DAPO
+    accelerate launch recipes/apo_grpo.py --model.model_name_or_path tiny-llama --game.total_steps 3
+
+Defaults come from recipes/configs/apo_grpo.yaml; any field can be overridden with --section.field value.
+"""
+
+import sys
+from pathlib import Path
+
+# run as a file: import this checkout's package (an installed copy, if any, comes second)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from apo_online.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], default_yaml=Path(__file__).parent / "configs" / "apo_grpo.yaml"))
