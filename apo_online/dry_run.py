@@ -26,7 +26,7 @@ def plan(config: Config) -> list[str]:
     """The plan's lines; raises ConfigError / DataFormatError like a run would."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     config.validate(world)
-    dc, mc, rm, g = config.data, config.model, config.rm, config.game
+    dc, mc, g = config.data, config.model, config.game
     lines = [f"config: OK; {g.policy_optimizer}, {g.total_steps} steps, {world} process(es), output {g.output_dir}"]
     if dc.dataset_name in DATASET_VERSIONS and (missing := missing_queries(mc, dc)):
         lines.append(f"testbed: {missing} queries of the judge-labelled testbed are not built yet: the run samples "
