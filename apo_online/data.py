@@ -141,6 +141,12 @@ class PromptEncoder:
         return encoded
 
 
+def at_stop_position(responses: list[list[int]], has_eos, stop_id: int) -> list[list[int]]:
+    """Each response as read at a stop position (rm.score_cut_as_stopped): a cut one with stop_id appended, a finished
+    one as it is. has_eos: one bool per response (a list or a [B] tensor)."""
+    return [r if stopped else r + [stop_id] for r, stopped in zip(responses, list(map(bool, has_eos)))]
+
+
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[[ids]] -> (input_ids [B, L] left-padded, attention_mask [B, L])."""
     length = max(len(s) for s in sequences)

@@ -16,6 +16,7 @@ import logging
 import torch
 from trl.models.utils import unwrap_model_for_generation
 
+from apo_online.data import at_stop_position
 from apo_online.evaluation import sample_responses, scorer_scores
 
 logger = logging.getLogger(__name__)
@@ -45,8 +46,7 @@ class HeldOutMargin:
                                            rollout.max_new_tokens, rollout.temperature, rollout.top_k, rollout.top_p)
         responses = samples.response_ids
         if game.config.rm.score_cut_as_stopped:  # scored as the game scores them
-            stop = game.tokenizer.eos_token_id
-            responses = [r if e else r + [stop] for r, e in zip(responses, samples.has_eos.tolist())]
+            responses = at_stop_position(responses, samples.has_eos.tolist(), game.tokenizer.eos_token_id)
         ids, messages = [p.input_ids for p in self.prompts], [p.messages for p in self.prompts]
         margin = (scorer_scores(game.scorer, ids, messages, [p.gold_ids for p in self.prompts])
                   - scorer_scores(game.scorer, ids, messages, responses))

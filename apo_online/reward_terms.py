@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import torch
 
+from apo_online.data import at_stop_position
 from apo_online.errors import BadReward
 
 # what a function term is passed besides prompts and completions (reward_config checks signatures against it)
@@ -73,8 +74,7 @@ class RMTerm:
             return batch.forward["reward"]
         responses = batch.response_ids
         if self.as_stopped:
-            stop = batch.tokenizer.eos_token_id
-            responses = [r if stopped else r + [stop] for r, stopped in zip(responses, batch.has_eos)]
+            responses = at_stop_position(responses, batch.has_eos, batch.tokenizer.eos_token_id)
         return self.scorer.score([p.input_ids for p in batch.prompts], [p.messages for p in batch.prompts], responses)
 
 

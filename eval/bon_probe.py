@@ -47,7 +47,7 @@ from apo_online.bon_samples import build_pool  # noqa: E402
 from apo_online.config import load_config  # noqa: E402
 from apo_online.config_help import config_help  # noqa: E402
 from apo_online.backbone import SharedPrefix  # noqa: E402
-from apo_online.data import right_pad  # noqa: E402
+from apo_online.data import at_stop_position, right_pad  # noqa: E402
 from apo_online.game import APOGame  # noqa: E402
 from apo_online.evaluation import scorer_scores  # noqa: E402
 from apo_online.gold_judge import load_gold_judge, question_text  # noqa: E402
@@ -161,7 +161,7 @@ def stop_token_scores(game: APOGame, prompts: list, pool, desc: str) -> tuple[li
     eos, pad, device = game.tokenizer.eos_token_id, game.tokenizer.pad_token_id, game.ctx.device
     with_stop, without_stop = [], []
     for prompt, rows, stopped in tqdm(list(zip(prompts, pool.response_ids, pool.has_eos)), desc=desc, leave=False):
-        ids, mask = right_pad([r if e else r + [eos] for r, e in zip(rows, stopped)], pad)
+        ids, mask = right_pad(at_stop_position(rows, stopped, eos), pad)
         prompt_ids = torch.tensor([prompt.input_ids], device=device)
         prefix = SharedPrefix(prompt_ids, torch.ones_like(prompt_ids), torch.zeros(len(rows), dtype=torch.long,
                                                                                    device=device))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from apo_online.losses.policy import kl_estimate
+from apo_online.losses.policy import clipped_surrogate, kl_estimate
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "none")
@@ -67,12 +67,8 @@ def grpo_token_loss(
     valid = mask.bool()
     # exp of padding positions could overflow (their log-probs are not those of sampled tokens): zero them first
     log_ratio = torch.where(valid, logprobs - old_logprobs, torch.zeros_like(logprobs))
-    ratio = torch.exp(log_ratio)
     high = cliprange if cliprange_high is None else cliprange_high
-    advantages = advantages.unsqueeze(1)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + high)
-    loss = torch.maximum(unclipped, clipped)
+    loss, clipped = clipped_surrogate(log_ratio, advantages.unsqueeze(1), cliprange, high)
     kl = torch.zeros_like(loss)
     if beta:
         if ref_logprobs is None:
@@ -80,7 +76,7 @@ def grpo_token_loss(
         kl = kl_estimate(logprobs, torch.where(valid, ref_logprobs, logprobs), "k3")
         loss = loss + beta * kl
     zero = torch.zeros_like(loss)
-    stats = {"clipped": torch.where(valid, (clipped > unclipped).to(loss.dtype), zero).detach(),
+    stats = {"clipped": torch.where(valid, clipped.to(loss.dtype), zero).detach(),
              "kl": torch.where(valid, kl, zero).detach()}
     return torch.where(valid, loss, zero), stats
 

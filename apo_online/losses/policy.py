@@ -73,6 +73,20 @@ def gae_advantages(
 # ----------------------------------------------------------------------------------------------------------------
 # PPO
 # ----------------------------------------------------------------------------------------------------------------
+def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float,
+                      clip_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clipped surrogate per token, as a loss (Schulman et al. 2017, eq. 7):
+
+        l_t = max( -A_t * rho_t, -A_t * clip(rho_t, 1 - clip_low, 1 + clip_high) ),   rho_t = exp(log_ratio_t)
+
+    log_ratio [B, T]; advantages broadcast against it ([B, T], or [B, 1] for one per sequence). Returns (l [B, T],
+    clipped [B, T] bool: where the clipped term is the larger)."""
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
 def ppo_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -93,12 +107,10 @@ def ppo_policy_loss(
     if num_tokens is None:
         num_tokens = mask.sum().clamp(min=1.0)
     log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_sum(torch.maximum(unclipped, clipped), mask) / num_tokens
+    surrogate, clipped = clipped_surrogate(log_ratio, advantages, cliprange, cliprange)
+    loss = masked_sum(surrogate, mask) / num_tokens
     stats = {
-        "clipfrac_sum": masked_sum((clipped > unclipped).to(mask.dtype), mask).detach(),
+        "clipfrac_sum": masked_sum(clipped.to(mask.dtype), mask).detach(),
         "approx_kl_sum": masked_sum(0.5 * log_ratio.detach() ** 2, mask),
     }
     return loss, stats

@@ -28,7 +28,7 @@ import torch
 from apo_online import losses
 from apo_online.errors import ConfigError
 from apo_online.optimizers.base import SeededPolicyOptimizer
-from apo_online.optimizers.registry import register_optimizer, require_samples_per_prompt
+from apo_online.optimizers.registry import register_optimizer, require_even_micro_batches, require_samples_per_prompt
 from apo_online.optimizers.schedule import UpdateSchedule, policy_logprobs, train_on_items
 from apo_online.rollout import Rollout, RolloutSpec
 
@@ -53,12 +53,7 @@ def validate_grpo(config, world_size: int) -> None:
                                                   "prompt")
     if min(grpo.epochs, grpo.num_minibatches, grpo.gradient_accumulation_steps) < 1:
         raise ConfigError("grpo.epochs, grpo.num_minibatches and grpo.gradient_accumulation_steps must be >= 1")
-    rows = config.rollout.prompts_per_step * config.rollout.samples_per_prompt
-    split = grpo.num_minibatches * grpo.gradient_accumulation_steps
-    if rows % split:
-        raise ConfigError(
-            f"rollout.prompts_per_step x rollout.samples_per_prompt = {rows} rollouts per process must divide "
-            f"evenly into grpo.num_minibatches x grpo.gradient_accumulation_steps = {split} micro-batches")
+    require_even_micro_batches(config, "grpo", grpo.num_minibatches, grpo.gradient_accumulation_steps)
     if grpo.loss_type not in losses.GRPO_LOSS_TYPES:
         raise ConfigError(f"grpo.loss_type must be one of {', '.join(losses.GRPO_LOSS_TYPES)}, "
                           f"got {grpo.loss_type!r}")

@@ -18,7 +18,7 @@ import torch
 from apo_online import losses
 from apo_online.errors import ConfigError
 from apo_online.optimizers.base import SeededPolicyOptimizer
-from apo_online.optimizers.registry import register_optimizer
+from apo_online.optimizers.registry import register_optimizer, require_even_micro_batches
 from apo_online.optimizers.schedule import UpdateSchedule, train_on_items
 from apo_online.rollout import Rollout, RolloutSpec
 
@@ -46,14 +46,9 @@ class PPOConfig:
 
 def validate_ppo(config, world_size: int) -> None:
     ppo = config.optimizer_config("ppo")
-    rows = config.rollout.prompts_per_step * config.rollout.samples_per_prompt
-    split = ppo.num_minibatches * ppo.gradient_accumulation_steps
     if ppo.num_minibatches < 1 or ppo.gradient_accumulation_steps < 1 or ppo.ppo_epochs < 1:
         raise ConfigError("ppo.num_minibatches, ppo.gradient_accumulation_steps and ppo.ppo_epochs must be >= 1")
-    if rows % split:
-        raise ConfigError(
-            f"rollout.prompts_per_step x rollout.samples_per_prompt = {rows} rollouts per process must divide "
-            f"evenly into ppo.num_minibatches x ppo.gradient_accumulation_steps = {split} micro-batches")
+    require_even_micro_batches(config, "ppo", ppo.num_minibatches, ppo.gradient_accumulation_steps)
     if ppo.kl_estimator not in ("k1", "k3"):
         raise ConfigError(f"ppo.kl_estimator must be 'k1' or 'k3', got {ppo.kl_estimator!r}")
 

@@ -56,6 +56,17 @@ def require_samples_per_prompt(config, optimizer_name: str, minimum: int, reason
                           f"({reason}), got {n}")
 
 
+def require_even_micro_batches(config, section: str, num_minibatches: int, gradient_accumulation_steps: int) -> None:
+    """For validate functions: ConfigError unless a process's rollouts split evenly into the optimizer's
+    num_minibatches x gradient_accumulation_steps micro-batches (section: its config section, for the message)."""
+    rows = config.rollout.prompts_per_step * config.rollout.samples_per_prompt
+    split = num_minibatches * gradient_accumulation_steps
+    if rows % split:
+        raise ConfigError(
+            f"rollout.prompts_per_step x rollout.samples_per_prompt = {rows} rollouts per process must divide "
+            f"evenly into {section}.num_minibatches x {section}.gradient_accumulation_steps = {split} micro-batches")
+
+
 def _load_builtins() -> None:
     for name, module in BUILTIN_MODULES.items():
         if name not in _REGISTRY:
