@@ -10,7 +10,7 @@ from pathlib import Path
 
 from apo_online.config import load_config
 from apo_online.errors import BAD_INPUT, GAME_FAULTS
-from apo_online.stopping import follow_launcher
+from apo_online.run.stopping import follow_launcher
 
 
 def _setup_logging() -> None:
@@ -27,7 +27,8 @@ USAGE = """usage: accelerate launch RECIPE [--config FILE.yaml] [--section.field
   --dry_run       check the config and the data and print the plan, without loading model weights
   --field VALUE   also accepted when only one section has that field
 Exit status: 0 finished; 2 bad config, data, checkpoint or run directory; 3 too many non-finite updates or a bad
-reward value; 128+N stopped by signal N after a checkpoint (README: what each launcher makes of these)."""
+reward value; 128+N stopped by signal N after a checkpoint (docs/faults_and_resume.md: what each launcher makes of
+these)."""
 
 
 def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None) -> int:
@@ -35,7 +36,7 @@ def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None)
     2 bad configuration, data or checkpoint, or a run directory in use or holding an earlier run's output;
     3 stopped after too many non-finite updates or a reward term's bad value (a checkpoint was written); 128+N
     stopped by signal N (SIGTERM: 143, SIGINT: 130) after a checkpoint. A launcher may report these differently
-    (README, fault table)."""
+    (docs/faults_and_resume.md, fault table)."""
 
     _setup_logging()
     log = logging.getLogger("apo_online")
@@ -79,3 +80,26 @@ def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None)
         shown = {k: round(v, 4) for k, v in sorted(metrics.items()) if not k.startswith("timing/")}
         log.info("last step metrics: %s", shown)
     return 0
+
+
+CONSOLE_USAGE = """usage: apo-online RECIPE [--config FILE.yaml] [--section.field VALUE ...] [--dry_run] [--help]
+       accelerate launch -m apo_online RECIPE ...      (several processes, DeepSpeed: the accelerate config decides)
+
+Plays the game of a built-in recipe with its default YAML shipped in the package (apo_online/recipes/): the
+same game as `python recipes/apo_<RECIPE>.py` in a checkout. RECIPE: {recipes}.
+`apo-online RECIPE --help` lists every config field with the recipe's value."""
+
+
+def console_main(argv: list[str] | None = None) -> int:
+    """`apo-online RECIPE ...` (the installed console command) and `python -m apo_online RECIPE ...`."""
+    from apo_online.recipes import RECIPES, recipe_yaml
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    usage = CONSOLE_USAGE.format(recipes=", ".join(RECIPES))
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
+    if argv[0] not in RECIPES:
+        print(f"error: no recipe {argv[0]!r}; choose one of {', '.join(RECIPES)}\n\n{usage}", file=sys.stderr)
+        return 2
+    return main(argv[1:], default_yaml=recipe_yaml(argv[0]))

@@ -25,7 +25,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # "embedded" = the offline default task (chatterbot-corpus dialogues, see apo_online/embedded.py); otherwise a
+    # "embedded" = the offline default task (chatterbot-corpus dialogues, see testbeds/embedded.py); otherwise a
     # hub dataset name or a local json/jsonl/parquet file holding prompts (and optionally gold responses).
     dataset_name: str = "embedded"
     dataset_split: str = "train"  # split of a hub dataset
@@ -68,7 +68,7 @@ class RolloutConfig:
 
 @dataclass
 class RewardConfig:
-    """The reward model's warm-up and its adversarial APO updates (apo_online/reward.py), the `rm:` section.
+    """The reward model's warm-up and its adversarial APO updates (apo_online/rm/apo_step.py), the `rm:` section.
 
     Paper (Cheng et al. 2024) and reference code, for comparison: RM refit from RM_Base every round for one epoch over
     ~20k queries x 4 samples plus the human pairs; beta2 = 10 on the human-pair term; the reference code weights the
@@ -103,14 +103,14 @@ class RewardConfig:
     # learns a score for "no stop token" that the APO term would push only one way.
     score_cut_as_stopped: bool = False
     # After each APO update, the RM's margin r(gold) - r(policy sample) on this many held-out eval prompts with gold
-    # responses, sampled by the current policy (rm/heldout_gold_minus_sample; apo_online/heldout_margin.py): whether the
+    # responses, sampled by the current policy (rm/heldout_gold_minus_sample; rm/heldout_margin.py): whether the
     # adversary is ahead of the policy. 0: not measured.
     heldout_margin_prompts: int = 8
     # Bradley-Terry steps on human pairs before the game (the base RM). None: one pass over the human pairs
     # (ceil(pairs / (pairs_per_step * processes)) steps); 0: no warm-up.
     warmup_steps: int | None = None
     # Reuse the base RM of an earlier run whose warm-up had exactly the same inputs (initial reward weights, human
-    # pairs, these settings, seed), cached under the cache root (apo_online/warmup_cache.py): the arms of a study that
+    # pairs, these settings, seed), cached under the cache root (rm/warmup_cache.py): the arms of a study that
     # share a seed warm up once. One process only; the run goes on exactly as if it had warmed up itself.
     warmup_cache: bool = False
     # A game whose RM would be untrained when the policy starts (no human pairs, rm.warmup_steps 0, no
@@ -140,7 +140,7 @@ class GameConfig:
     keep_last_checkpoints: int = 0  # >0: delete all but the newest K step checkpoints after each save; 0 keeps all
     eval_every: int = 0  # 0: no periodic eval
     eval_at_start: bool = False  # also evaluate at step 0, after the RM warm-up (the start of a gold-vs-KL frontier)
-    # Every eval_every steps the hidden gold judge (apo_online/gold_judge.py) scores fresh policy samples on
+    # Every eval_every steps the hidden gold judge (apo_online/testbeds/gold_judge.py) scores fresh policy samples on
     # data.num_eval_prompts held-out prompts, and the RM is checked against it (eval/gold_*, eval/rm_*_on_policy).
     gold_judge: bool = False
     eval_samples_per_prompt: int = 2  # >= 2 gives pairs of policy samples to check the RM's rankings on
@@ -148,7 +148,7 @@ class GameConfig:
 
 @dataclass
 class PolicyRewardConfig:
-    """The policy's reward, the `reward:` section (apo_online/reward_terms.py): a weighted sum of terms, each logged
+    """The policy's reward, the `reward:` section (policy_reward/terms.py): a weighted sum of terms, each logged
     as reward/<name>; rollout.missing_eos_penalty is then subtracted once from cut samples."""
 
     # rm (the game's RM, the APO adversary; without it the RM is neither warmed up nor updated), judge (the judged

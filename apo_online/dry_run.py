@@ -13,13 +13,13 @@ import dataclasses
 import os
 
 from apo_online.config import Config
-from apo_online.data import PromptEncoder, encode_pairs
-from apo_online.task import load_task_data
-from apo_online.judged_task import DATASET_VERSIONS, missing_queries
+from apo_online.data.canonical import PromptEncoder, encode_pairs
+from apo_online.data.task import load_task_data
+from apo_online.testbeds.judged_task import DATASET_VERSIONS, missing_queries
 from apo_online.model_loading import ensure_distinct_pad_token, load_tokenizer
 from apo_online.optimizers.base import build_policy_optimizer
-from apo_online.reward import untrained_rm_reason, warmup_step_count
-from apo_online.reward_config import parse_reward_terms
+from apo_online.rm.apo_step import untrained_rm_reason, warmup_step_count
+from apo_online.policy_reward.config import parse_reward_terms
 
 
 def plan(config: Config) -> list[str]:
@@ -30,7 +30,7 @@ def plan(config: Config) -> list[str]:
     lines = [f"config: OK; {g.policy_optimizer}, {g.total_steps} steps, {world} process(es), output {g.output_dir}"]
     if dc.dataset_name in DATASET_VERSIONS and (missing := missing_queries(mc, dc)):
         lines.append(f"testbed: {missing} queries of the judge-labelled testbed are not built yet: the run samples "
-                     f"them first (python -m apo_online.judged_task builds them ahead); planned on `embedded`")
+                     f"them first (python -m apo_online.testbeds.judged_task builds them ahead); planned on `embedded`")
         dc = dataclasses.replace(dc, dataset_name="embedded")
     task = load_task_data(dc, g.seed, mc)
     terms = parse_reward_terms(config)  # loads every function term once

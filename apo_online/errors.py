@@ -37,7 +37,7 @@ class NonFiniteUpdates(RuntimeError):
 
 
 class BadReward(RuntimeError):
-    """A reward term (apo_online/reward_terms.py) returned the wrong number of values, a non-number, NaN or inf."""
+    """A reward term (policy_reward/terms.py) returned the wrong number of values, a non-number, NaN or inf."""
 
 
 # what the game turns into a checkpoint and a stop, and apo_online/cli.py into "error: <message>" and exit status 3

@@ -3,17 +3,17 @@
   0. RM warm-up: Bradley-Terry on human preference pairs (the base RM; refit mode returns to it)
   for each step:
     1. rollout       sample responses with the policy adapter, cut at the stop token, score with the reward terms
-                     (the RM by default; reward_terms.py), reference log-probs with adapters off, values with the
+                     (the RM by default; policy_reward/terms.py), reference log-probs with adapters off, values with the
                      value adapter
     2. policy update the pluggable policy optimizer (PPO by default) consumes the rollout
     3. RM update     every rm.update_every steps, when the reward has an rm term: the adversarial APO refit of
                      the reward adapter on (gold, fresh sample) groups from the buffer + beta2 * human pairs
     4. bookkeeping   log (TensorBoard + metrics.jsonl), evaluate, checkpoint on their cadences
 
-Faults: SIGTERM/SIGINT finish the current step, checkpoint and stop (stopping.py: a repeat within a few seconds is the
-same stop, a later one aborts at once); after game.max_consecutive_skips non-finite updates in a row, or a bad value
-from a reward term (reward_terms.py), the game checkpoints and raises NonFiniteUpdates or BadReward. The run
-directory is locked while the game lives (run_directory.py).
+Faults: SIGTERM/SIGINT finish the current step, checkpoint and stop (run/stopping.py: a repeat within a few seconds is
+the same stop, a later one aborts at once); after game.max_consecutive_skips non-finite updates in a row, or a bad value
+from a reward term (policy_reward/terms.py), the game checkpoints and raises NonFiniteUpdates or BadReward. The run
+directory is locked while the game lives (run/directory.py).
 """
 
 from __future__ import annotations
@@ -31,26 +31,26 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from apo_online.backbone import LoraSettings, SharedBackbone
-from apo_online.checkpoint import export_adapters, load_checkpoint, save_checkpoint
+from apo_online.run.checkpoint import export_adapters, load_checkpoint, save_checkpoint
 from apo_online.config import Config, ConfigError
 from apo_online.errors import GAME_FAULTS, BadReward
-from apo_online.data import PromptEncoder, PromptSampler, TaskData, encode_pairs
+from apo_online.data.canonical import PromptEncoder, PromptSampler, TaskData, encode_pairs
 from apo_online.distributed import describe_launch, make_accelerator
-from apo_online.evaluation import GoldJudgeEvaluator
-from apo_online.heldout_margin import HeldOutMargin
-from apo_online.model_card import write_model_card
+from apo_online.evaluation.game_eval import GoldJudgeEvaluator
+from apo_online.rm.heldout_margin import HeldOutMargin
+from apo_online.run.model_card import write_model_card
 from apo_online.model_loading import load_causal_lm
 from apo_online.optimizers.base import build_policy_optimizer
-from apo_online.reward import AdversarialRewardStep, SampleBuffer, untrained_rm_reason
-from apo_online.reward_model import SeparateRewardScorer, SharedRewardScorer, load_separate_reward_model
-from apo_online.reward_config import build_reward, parse_reward_terms
+from apo_online.rm.apo_step import AdversarialRewardStep, SampleBuffer, untrained_rm_reason
+from apo_online.rm.scorers import SeparateRewardScorer, SharedRewardScorer, load_separate_reward_model
+from apo_online.policy_reward.config import build_reward, parse_reward_terms
 from apo_online.rollout import collect_rollout
-from apo_online.run_directory import claim_run_directory
-from apo_online.run_log import MetricsLog, flat_hparams, progress_postfix
-from apo_online.stopping import StopRequests
-from apo_online.task import load_task_data
+from apo_online.run.directory import claim_run_directory
+from apo_online.run.log import MetricsLog, flat_hparams, progress_postfix
+from apo_online.run.stopping import StopRequests
+from apo_online.data.task import load_task_data
 from apo_online.training import RoleAdamW, TrainingContext
-from apo_online.warmup_cache import warm_up_reward_model
+from apo_online.rm.warmup_cache import warm_up_reward_model
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class APOGame:
         self._checkpoint_step = -1
         self.metrics_log = MetricsLog(self.accelerator, config.game.output_dir)
         self.evaluators = []  # callables game -> dict of eval metrics, run every game.eval_every steps
-        if config.game.gold_judge:  # the hidden gold judge scores fresh policy samples (apo_online/evaluation.py)
+        if config.game.gold_judge:  # the hidden gold judge scores fresh policy samples (evaluation/game_eval.py)
             self.evaluators.append(GoldJudgeEvaluator(self))
         set_seed(config.game.seed + self.accelerator.process_index)  # different samples on every process
 
@@ -289,7 +289,7 @@ class APOGame:
         return self.metrics_log.log(metrics, step)
 
     def save_final(self) -> Path:
-        """<output_dir>/final: peft adapters, heads, tokenizer, the config and a model card (model_card.py)."""
+        """<output_dir>/final: peft adapters, heads, tokenizer, the config and a model card (run/model_card.py)."""
         final = Path(self.config.game.output_dir) / "final"
         export_adapters(self.ctx, final)
         if self.accelerator.is_main_process:

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from apo_online.assets import cache_root, file_lock, package_dir
-from apo_online.embedded import chatterbot_texts
+from apo_online.testbeds.embedded import chatterbot_texts
 from apo_online.errors import ConfigError, MissingOfflinePackage  # noqa: F401 (MissingOfflinePackage: re-exported)
 
 logger = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """Rollout: sample responses with the policy adapter, cut them at the stop token, and score them with the policy's
-reward terms (apo_online/reward_terms.py).
+reward terms (apo_online/policy_reward/terms.py).
 
 Rows are prompt-major: with n samples per prompt, rows i*n .. i*n+n-1 answer prompt i.
 """
@@ -12,8 +12,8 @@ import torch
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import selective_log_softmax
 
-from apo_online.data import EncodedPrompt, left_pad
-from apo_online.reward_terms import Completions, RewardSum
+from apo_online.data.canonical import EncodedPrompt, left_pad
+from apo_online.policy_reward.terms import Completions, RewardSum
 
 
 @dataclass
@@ -90,8 +90,8 @@ def collect_rollout(ctx, prompts: list[EncodedPrompt], positions: list[int], rol
     """Generate spec.samples_per_prompt responses per prompt and compute what the optimizer needs.
 
     positions: each prompt's position in the game's encoded prompt list (kept as Rollout.prompt_index).
-    ctx: TrainingContext (prepared model + accelerator). reward: the policy's reward terms (reward_terms.py; None:
-    the shared reward adapter alone). A term that reads a role of the rollout's own forward (the shared reward
+    ctx: TrainingContext (prepared model + accelerator). reward: the policy's reward terms (policy_reward/terms.py;
+    None: the shared reward adapter alone). A term that reads a role of the rollout's own forward (the shared reward
     adapter) gets it from that forward; the others score the responses themselves. The missing-EOS penalty is
     subtracted once, from the weighted sum."""
     cfg, n = rollout_config, spec.samples_per_prompt

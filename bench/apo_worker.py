@@ -3,10 +3,11 @@
     python bench/apo_worker.py --size tiny --variant apo_ppo_frozen_rm --warmup 1 --updates 3
     python bench/apo_worker.py --size tiny --export bench/.assets/tiny.json   # prompts + model for trl_worker.py
 
-Builds the game from recipes/configs/apo_ppo.yaml plus the overrides in `overrides()`, runs `--warmup` untimed
-game steps, then `--updates` timed ones (APOGame.play_step: rollout, PPO update, RM update), and prints ONE JSON
-line on stdout: step_times, phase times (from the game's timing/* metrics), generation time, tokens generated,
-RM-update time and the peak RSS of this process (ru_maxrss, plus children if any).
+Builds the game from apo_online/recipes/apo_ppo.yaml plus the benchmark's overrides (apo_online/benchmarking/
+apo_game.py: `overrides()`, `build_game()`, shared with bench/rm_prefix_bench.py), runs `--warmup` untimed game
+steps, then `--updates` timed ones (APOGame.play_step: rollout, PPO update, RM update), and prints ONE JSON line on
+stdout: step_times, phase times (from the game's timing/* metrics), generation time, tokens generated, RM-update time
+and the peak RSS of this process (ru_maxrss, plus children if any).
 """
 
 from __future__ import annotations
@@ -14,77 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # this checkout's apo_online, not an installed copy
 
-MODELS = {"tiny": "tiny-llama", "smollm2": "smollm2-135m-instruct"}
-VARIANTS = ("apo_ppo_frozen_rm", "apo_ppo_refit")
+from apo_online.benchmarking.apo_game import (MODELS, VARIANTS, build_game, offline_environment,  # noqa: E402
+                                              peak_cuda_mb, peak_rss_mb)
 
-
-def overrides(size: str, variant: str, output_dir: str, args) -> list[str]:
-    """The shared settings (the TRL side reads the same numbers from the exported JSON)."""
-    values = {
-        "model.model_name_or_path": args.model or MODELS[size],
-        "model.dtype": args.dtype,
-        "data.dataset_name": args.dataset,
-        "game.output_dir": output_dir,
-        "game.total_steps": args.warmup + args.updates,
-        "game.eval_every": 0,
-        "game.save_every": 0,
-        "game.cpu_threads": args.threads,
-        "rollout.prompts_per_step": args.prompts_per_step,
-        "rollout.max_new_tokens": args.max_new_tokens,
-        "ppo.ppo_epochs": args.ppo_epochs,
-        "ppo.num_minibatches": args.num_minibatches,
-        "ppo.gradient_accumulation_steps": 1,
-        "model.gradient_checkpointing": args.gradient_checkpointing,  # exported: the TRL side follows
-        "rollout.logprobs_from_generation": args.logprobs_from_generation,  # what TRL always does
-    }
-    if variant == "apo_ppo_frozen_rm":  # RM never updated: the same work as TRL's PPO with a fixed RM
-        values.update({"rm.update_every": 0, "rm.warmup_steps": 0, "rm.allow_untrained": True})  # speed only
-    else:  # APO refit every rm.update_every steps, as recipes/configs/apo_ppo.yaml sets it
-        values.update({"rm.warmup_steps": args.rm_warmup_steps})
-    values.update(dict(item.split("=", 1) for item in args.set))
-    out: list[str] = []
-    for key, value in values.items():
-        out += [f"--{key}", str(value)]
-    return out
-
-
-def peak_rss_mb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + children) / 1024.0  # ru_maxrss is in KiB on Linux
-
-
-def peak_cuda_mb() -> float | None:
-    """Peak memory torch's CUDA allocator handed out in this process (None on CPU)."""
-    import torch
-
-    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-
-
-def build_game(args, output_dir: str):
-    import torch  # noqa: F401  (heavy imports after the environment is set)
-
-    from apo_online.config import load_config
-    from apo_online.distributed import make_accelerator
-    from apo_online.game import APOGame
-
-    config = load_config(overrides(args.size, args.variant, output_dir, args),
-                         default_yaml=REPO / "recipes/configs/apo_ppo.yaml")
-    accelerator = make_accelerator(config.game, log_with=None)
-    return APOGame(config, accelerator=accelerator)
+offline_environment()
 
 
 def export(game, path: Path, args) -> None:

@@ -11,7 +11,8 @@ weights rarely emit the stop token, so every response runs to --max-new-tokens o
 Variants, each in a fresh process, one after the other: apo_ppo_frozen_rm, apo_ppo_refit (bench/apo_worker.py),
 trl_ppo and trl_ppo_peft (bench/trl_worker.py, the same interpreter with --trl-path first on PYTHONPATH: a folder
 holding TRL 1.12.0, the last release with PPOTrainer, while apo-online runs on the TRL it pins). The JSON is
-rewritten after every run, so a run stopped at its time limit keeps what it measured.
+rewritten after every run, so a run stopped at its time limit keeps what it measured. Launching the workers and the
+medians and ratios are apo_online/benchmarking/workers.py, shared with bench/run_bench.py.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent))
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO))  # this checkout's apo_online, not an installed copy
 
-from run_bench import (APO_VARIANTS, DEFAULT_VARIANTS, TRL_VARIANTS, VARIANTS, ratios, run_worker,  # noqa: E402
-                       summarize, trl_command, worker_env)
+from apo_online.benchmarking.workers import (APO_VARIANTS, APO_WORKER, DEFAULT_VARIANTS, TRL_VARIANTS,  # noqa: E402
+                                             VARIANTS, ratios, run_worker, summarize, trl_command, worker_env)
 
 SHAPES = {  # LlamaConfig fields of each shape
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -102,8 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         folder = args.work_dir / shape
         results["shapes"][shape] = build_random_model(shape, folder, dtype, layers)
         assets = args.work_dir / f"{shape}.json"
-        apo = [sys.executable, "bench/apo_worker.py", "--size", "tiny", "--model", str(folder)]
-        run_worker(apo + apo_common + ["--export", str(assets)], args.work_dir / "logs" / f"{shape}_export.log")
+        apo = [sys.executable, APO_WORKER, "--size", "tiny", "--model", str(folder)]
+        run_worker(apo + apo_common + ["--export", str(assets)], args.work_dir / "logs" / f"{shape}_export.log", REPO)
         for variant in args.variants:
             is_trl = variant in TRL_VARIANTS
             if is_trl:
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
                 worker_variant, flags = APO_VARIANTS[variant]
                 command = apo + ["--variant", worker_variant] + apo_common + flags
             first = (args.trl_path,) if is_trl and args.trl_path else ()
-            result = run_worker(command, args.work_dir / "logs" / f"{shape}_{variant}.log", first, worker_env(variant))
+            log = args.work_dir / "logs" / f"{shape}_{variant}.log"
+            result = run_worker(command, log, REPO, first, worker_env(variant))
             results["runs"].setdefault(shape, {})[variant] = [result]
             summary = {v: summarize(runs) for v, runs in results["runs"][shape].items()}
             results["summary"][shape] = summary | {"ratios": ratios(summary, *memory)}

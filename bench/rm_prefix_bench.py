@@ -2,12 +2,13 @@
 
     python bench/rm_prefix_bench.py --size smollm2 --rollouts 4 --repeats 3 --threads 2
 
-Builds the game of bench/apo_worker.py (recipes/configs/apo_ppo.yaml: 8 RM steps per update, 4 groups + 4 human
-pairs per step, 2 micro-batches), plays --rollouts game steps to fill the sample buffer, then times
-AdversarialRewardStep.update --repeats times per setting, the settings interleaved. Both settings draw the same groups
-and pairs (the RM step's random state is reset before each update; refit mode restarts from the same base RM), so
-they compute the same update. Prints one JSON line: per setting the update times and the peak RSS growth during an
-update (VmHWM, reset before each; Linux), the rows and tokens of one update, and the ratios shared / plain.
+Builds the game of bench/apo_worker.py (build_game of apo_online/benchmarking/apo_game.py on
+apo_online/recipes/apo_ppo.yaml: 8 RM steps per update, 4 groups + 4 human pairs per step, 2 micro-batches), plays
+--rollouts game steps to fill the sample buffer, then times AdversarialRewardStep.update --repeats times per setting,
+the settings interleaved. Both settings draw the same groups and pairs (the RM step's random state is reset before
+each update; refit mode restarts from the same base RM), so they compute the same update. Prints one JSON line: per
+setting the update times and the peak RSS growth during an update (VmHWM, reset before each; Linux), the rows and
+tokens of one update, and the ratios shared / plain.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import apo_worker  # noqa: E402  (sets the offline environment and the repo path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's apo_online, not an installed copy
+
+from apo_online.benchmarking.apo_game import MODELS, build_game, offline_environment  # noqa: E402
+
+offline_environment()
 
 
 def _vm_kb(field: str) -> int:
@@ -67,19 +71,19 @@ def time_updates(game, repeats: int) -> dict[str, dict[str, list[float]]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(apo_worker.MODELS), default="tiny")
+    parser.add_argument("--size", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--rollouts", type=int, default=4, help="game steps played first, to fill the buffer")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     args = parser.parse_args(argv)
-    worker_args = apo_worker.argparse.Namespace(
+    worker_args = argparse.Namespace(  # bench/apo_worker.py's command line
         size=args.size, variant="apo_ppo_refit", model=None, dataset="embedded_judged",
         set=["rm.update_every=0", *args.set], dtype="float32", warmup=0, updates=args.rollouts, prompts_per_step=8,
         max_new_tokens=24, ppo_epochs=1, num_minibatches=2, rm_warmup_steps=2, threads=args.threads,
         gradient_checkpointing=False, logprobs_from_generation=False, export=None)
     with tempfile.TemporaryDirectory(prefix="apo_rm_bench_") as output_dir:
-        game = apo_worker.build_game(worker_args, output_dir)
+        game = build_game(worker_args, output_dir)
         game.rm_step.warmup(worker_args.rm_warmup_steps)  # the base RM of every refit
         game.warmed_up = True
         for _ in range(args.rollouts):  # rollouts + PPO updates; RM frozen (rm.update_every 0) while filling

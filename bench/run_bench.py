@@ -15,7 +15,9 @@ and, on request (--variants):
   trl_ppo_peft_fixed_mmap  (MALLOC_MMAP_THRESHOLD_=131072; bench/README.md says why)
 Then prints a table of medians, the ratios apo/trl for step time and peak RSS and the APO refit overhead
 (RM-update time / wall time of the timed updates), and writes bench/results.json.
-The TRL venv (bench/.venv-trl, pinned by bench/trl_constraints.txt) is created when missing.
+The TRL venv (bench/.venv-trl, pinned by bench/trl_constraints.txt) is created when missing. The variants, worker
+launching, medians and ratios are apo_online/benchmarking/workers.py (stdlib only too, and light to import: apo_online
+loads nothing heavy until asked), shared with bench/gpu_bench.py.
 """
 
 from __future__ import annotations
@@ -25,121 +27,19 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+sys.path.insert(0, str(REPO))  # this checkout's apo_online, not an installed copy
+
+from apo_online.benchmarking.workers import (APO_WORKER, DEFAULT_VARIANTS, TRL_VARIANTS, VARIANTS,  # noqa: E402
+                                             apo_command, ensure_trl_venv, ratios, run_worker, summarize, trl_command,
+                                             worker_env)
+
 TRL_VENV = BENCH / ".venv-trl"
 ASSETS = BENCH / ".assets"
-DEFAULT_VARIANTS = ("apo_ppo_frozen_rm", "apo_ppo_refit", "trl_ppo", "trl_ppo_peft")
-VARIANTS = DEFAULT_VARIANTS + ("apo_ppo_refit_plain", "trl_ppo_fixed_mmap", "trl_ppo_peft_fixed_mmap")
-TRL_VARIANTS = ("trl_ppo", "trl_ppo_peft", "trl_ppo_fixed_mmap", "trl_ppo_peft_fixed_mmap")
-TRL_SUFFIX = {"trl_ppo": "trl", "trl_ppo_peft": "trl_peft", "trl_ppo_fixed_mmap": "trl_fixed_mmap",
-              "trl_ppo_peft_fixed_mmap": "trl_peft_fixed_mmap"}
-# apo-online variant -> (bench/apo_worker.py --variant, extra worker flags)
-APO_VARIANTS = {"apo_ppo_frozen_rm": ("apo_ppo_frozen_rm", []), "apo_ppo_refit": ("apo_ppo_refit", []),
-                "apo_ppo_refit_plain": ("apo_ppo_refit", ["--set", "rm.shared_prefix=false"])}
-# glibc reads this at start-up (a fixed threshold: freed large blocks go back to the OS); apo variants take it too
-FIXED_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-
-
-def venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
-def ensure_trl_venv(venv: Path = TRL_VENV) -> Path:
-    """Create the TRL venv from bench/trl_constraints.txt unless it already imports TRL's PPOTrainer."""
-    python = venv_python(venv)
-    check = [str(python), "-c", "import trl; from trl.experimental.ppo import PPOTrainer; print(trl.__version__)"]
-    env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE="1")
-    if python.exists():
-        found = subprocess.run(check, capture_output=True, text=True, env=env)
-        if found.returncode == 0 and found.stdout.strip() == "1.12.0":
-            return python
-    print(f"creating the TRL venv in {venv} (a few minutes)", file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    constraints = str(BENCH / "trl_constraints.txt")
-    pip = [str(python), "-m", "pip", "install", "--quiet", "-c", constraints]
-    # plain torch==2.13.0: pip takes the local CPU wheel (another index would pull CUDA builds or be unreachable)
-    subprocess.run(pip + ["torch==2.13.0"], check=True)
-    subprocess.run(pip + ["trl==1.12.0", "transformers", "accelerate", "datasets", "peft"], check=True)
-    subprocess.run(check, check=True, env=env)
-    return python
-
-
-def last_json_line(text: str) -> dict:
-    for line in reversed(text.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    raise ValueError("worker printed no JSON line")
-
-
-def worker_env(variant: str) -> dict[str, str]:
-    """Environment a variant's worker gets on top of the caller's."""
-    return dict(FIXED_MMAP_ENV) if variant.endswith("_fixed_mmap") else {}
-
-
-def run_worker(command: list[str], log: Path, path_first: tuple[str, ...] = (), extra_env: dict | None = None) -> dict:
-    # path_first, the repo, then whatever the caller had (bench/gpu_check.sh puts carried wheels there)
-    path = os.pathsep.join([*path_first, str(REPO)]
-                           + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=path, **(extra_env or {}))
-    started = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(f"$ {' '.join(command)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}", encoding="utf-8")
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker failed ({proc.returncode}), see {log}:\n{proc.stderr[-2000:]}")
-    result = last_json_line(proc.stdout)
-    result["process_s"] = time.perf_counter() - started
-    return result
-
-
-def summarize(runs: list[dict]) -> dict:
-    median = statistics.median
-    out = {
-        "step_s": median(median(r["step_times"]) for r in runs),
-        "peak_rss_mb": median(r["peak_rss_mb"] for r in runs),
-        "peak_cuda_mb": median(r["peak_cuda_mb"] for r in runs) if runs[0].get("peak_cuda_mb") else None,
-        "tokens_per_s": median(r["tokens_generated"] / sum(r["step_times"]) for r in runs),
-        "generation_tokens_per_s": median(r["tokens_generated"] / sum(r["generation_times"]) for r in runs),
-        "generation_share": median(sum(r["generation_times"]) / sum(r["step_times"]) for r in runs),
-        "rm_share": median(r["rm_time"] / r["wall_time"] for r in runs),
-    }
-    for key in ("rollout_times", "policy_update_times"):
-        if key in runs[0]:
-            out[key.replace("_times", "_s")] = median(median(r[key]) for r in runs)
-    return out
-
-
-def trl_command(python: str, assets: Path, common: list[str], variant: str) -> list[str]:
-    """The TRL worker's command line for a TRL variant."""
-    return ([python, "bench/trl_worker.py", "--assets", str(assets)] + common
-            + (["--peft"] if variant.startswith("trl_ppo_peft") else []))
-
-
-def apo_command(python: str, size: str, variant: str, common: list[str]) -> list[str]:
-    worker_variant, flags = APO_VARIANTS[variant]
-    return [python, "bench/apo_worker.py", "--size", size, "--variant", worker_variant] + common + flags
-
-
-def ratios(summary: dict, memory_key: str, memory_name: str) -> dict[str, float]:
-    """apo-online / TRL step time and peak memory, against each TRL variant present, and the refit's RM share."""
-    out: dict[str, float] = {}
-    for trl in TRL_VARIANTS:
-        suffix = TRL_SUFFIX[trl]
-        for variant in APO_VARIANTS:
-            if variant in summary and trl in summary:
-                out[f"{variant}/{suffix} step time"] = summary[variant]["step_s"] / summary[trl]["step_s"]
-                if summary[trl].get(memory_key):
-                    out[f"{variant}/{suffix} {memory_name}"] = summary[variant][memory_key] / summary[trl][memory_key]
-    if "apo_ppo_refit" in summary:
-        out["refit overhead share of wall time"] = summary["apo_ppo_refit"]["rm_share"]
-    return out
 
 
 def print_table(summary: dict) -> None:
@@ -173,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--apo-python", default=sys.executable, help="interpreter of the library venv")
     parser.add_argument("--output", type=Path, default=BENCH / "results.json")
     args = parser.parse_args(argv)
-    trl_python = ensure_trl_venv() if set(TRL_VARIANTS) & set(args.variants) else None
+    wants_trl = set(TRL_VARIANTS) & set(args.variants)
+    trl_python = ensure_trl_venv(TRL_VENV, BENCH / "trl_constraints.txt") if wants_trl else None
     common = ["--warmup", str(args.warmup), "--updates", str(args.updates), "--threads", str(args.threads)]
     apo_flags = (["--gradient-checkpointing"] if args.gradient_checkpointing else []) + (
         ["--logprobs-from-generation"] if args.logprobs_from_generation else [])
@@ -184,15 +85,15 @@ def main(argv: list[str] | None = None) -> None:
                      "runs": {}, "summary": {}}
     for size in args.sizes:
         assets = ASSETS / f"{size}.json"
-        run_worker([args.apo_python, "bench/apo_worker.py", "--size", size, "--export", str(assets)] + apo_flags,
-                   ASSETS / "logs" / f"{size}_export.log")
+        run_worker([args.apo_python, APO_WORKER, "--size", size, "--export", str(assets)] + apo_flags,
+                   ASSETS / "logs" / f"{size}_export.log", REPO)
         for repeat in range(args.repeats):  # interleave the variants so that load changes hit them alike
             for variant in args.variants:
                 if variant in TRL_VARIANTS:
                     command = trl_command(str(trl_python), assets, common, variant)
                 else:
                     command = apo_command(args.apo_python, size, variant, common + apo_flags)
-                result = run_worker(command, ASSETS / "logs" / f"{size}_{variant}_{repeat}.log",
+                result = run_worker(command, ASSETS / "logs" / f"{size}_{variant}_{repeat}.log", REPO,
                                     extra_env=worker_env(variant))
                 print(f"{size} {variant} run {repeat}: median step {statistics.median(result['step_times']):.3f}s "
                       f"peak RSS {result['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)

@@ -6,20 +6,20 @@
     python eval/bon_probe.py --split validation --sweep refit # choose refit settings on validation prompts
     python eval/bon_probe.py --split validation --sweep strength --policy runs/apo_ppo   # the update's strength
 
-1. Build the recipe's game (recipes/configs/apo_ppo.yaml + any --section.field override) and its base RM (the
+1. Build the recipe's game (apo_online/recipes/apo_ppo.yaml + any --section.field override) and its base RM (the
    warm-up, through the warm-up cache: computed once per setting, then loaded).
 2. Sample N responses per held-out prompt from the policy (the reference, or --policy's), cached by content hash
-   (apo_online/bon_samples.py), and score every sample with the hidden judge.
+   (apo_online/evaluation/bon_samples.py), and score every sample with the hidden judge.
 3. Selectors rank each prompt's samples: the judge (the ceiling), random choice (the floor), the base RM, the
    recipe's APO refit of the base RM and its pairs-only control (rm.apo_coeff 0), each refit on one policy sample
-   of each of the first --train_prompts policy prompts (the game's own update, apo_online/offline_refit.py), and
+   of each of the first --train_prompts policy prompts (the game's own update, apo_online/rm/offline_refit.py), and
    any --rm run. An RM ranks by the game's reward: score - rollout.missing_eos_penalty if the sample was cut.
    "<rm> as stopped" ranks the same RM's score of each cut sample with the stop token appended (minus the same
    penalty): every response scored at a stop position.
 4. For n = 1, 2, 4, ..., N: the judge's score of each selector's best-of-n (exact estimator over all n-subsets,
-   apo_online/best_of_n.py) against KL_bon = log n - (n-1)/n, bootstrap 95% CIs over prompts; how often the pick is
-   a cut sample; the curve among finished samples only; at n = 16 each RM's paired difference from the base RM;
-   sensitivity = the base RM's gain from n = 1 to 16 / the judge's. finish_bonus: per RM, the mean of
+   apo_online/evaluation/best_of_n.py) against KL_bon = log n - (n-1)/n, bootstrap 95% CIs over prompts; how often
+   the pick is a cut sample; the curve among finished samples only; at n = 16 each RM's paired difference from the
+   base RM; sensitivity = the base RM's gain from n = 1 to 16 / the judge's. finish_bonus: per RM, the mean of
    score(sample ending with the stop token) - score(the same sample without it), over every sample. gold_margin: per
    RM, r(gold) - mean r(samples) per prompt (the adversary is ahead of this policy where it is > 0).
 Writes bon_probe.json (or bon_sweep.json with --sweep), bon_scores.json (every sample's judge score, stop token and
@@ -42,24 +42,24 @@ if __package__ in (None, ""):  # run as a file: import this checkout's packages,
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from apo_online.best_of_n import gain_ratio, paired_difference, powers_of_two, selector_curve  # noqa: E402
-from apo_online.bon_samples import build_pool  # noqa: E402
+from apo_online.evaluation.best_of_n import gain_ratio, paired_difference, powers_of_two, selector_curve  # noqa: E402
+from apo_online.evaluation.bon_samples import build_pool  # noqa: E402
 from apo_online.config import load_config  # noqa: E402
 from apo_online.config_help import config_help  # noqa: E402
 from apo_online.backbone import SharedPrefix  # noqa: E402
-from apo_online.data import at_stop_position, right_pad  # noqa: E402
+from apo_online.data.canonical import at_stop_position, right_pad  # noqa: E402
 from apo_online.game import APOGame  # noqa: E402
-from apo_online.evaluation import scorer_scores  # noqa: E402
-from apo_online.gold_judge import load_gold_judge, question_text  # noqa: E402
-from apo_online.judged_task import DATASET_VERSIONS  # noqa: E402
-from apo_online.offline_refit import fill_buffer, load_run_reward, refit  # noqa: E402
-from apo_online.run_loading import find_adapters  # noqa: E402
-from apo_online.statistics import bootstrap_mean_ci  # noqa: E402
-from apo_online.warmup_cache import warm_up_reward_model  # noqa: E402
-from eval.plots import bon_chart  # noqa: E402
-from eval.report_json import write_json  # noqa: E402
+from apo_online.evaluation.game_eval import scorer_scores  # noqa: E402
+from apo_online.testbeds.gold_judge import load_gold_judge, question_text  # noqa: E402
+from apo_online.testbeds.judged_task import DATASET_VERSIONS  # noqa: E402
+from apo_online.rm.offline_refit import fill_buffer, load_run_reward, refit  # noqa: E402
+from apo_online.run.loading import find_adapters  # noqa: E402
+from apo_online.evaluation.statistics import bootstrap_mean_ci  # noqa: E402
+from apo_online.rm.warmup_cache import warm_up_reward_model  # noqa: E402
+from apo_online.evaluation.plots import bon_chart  # noqa: E402
+from apo_online.evaluation.report_json import write_json  # noqa: E402
 
-RECIPE_YAML = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "apo_ppo.yaml"
+RECIPE_YAML = Path(__file__).resolve().parents[1] / "apo_online" / "recipes" / "apo_ppo.yaml"
 PROBE_SEED = 1234  # the refits' random stream (the same for every setting)
 PAIRED_N = 16
 REFITS = {"apo_refit": {"rm": {}}, "pairs_only": {"rm": {"apo_coeff": 0.0}}}  # over the recipe's rm settings

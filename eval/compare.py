@@ -1,18 +1,20 @@
 """Side-by-side runs on the same seed and budget: a frozen RM vs APO's adversarially updated RM.
 
-    python eval/compare.py                                        # frozen_ppo vs apo_ppo (+ apo_dpo, apo_rjs if registered)
-    python eval/compare.py --variants frozen_ppo,apo_ppo --output_dir runs/compare --game.total_steps 20 --game.eval_every 5
+    python eval/compare.py                          # frozen_ppo vs apo_ppo (+ apo_dpo, apo_rjs if registered)
+    python eval/compare.py --variants frozen_ppo,apo_ppo --output_dir runs/compare \
+        --game.total_steps 20 --game.eval_every 5
 
 A variant is `<mode>_<optimizer>`: mode `frozen` (rm.update_every 0: the RM stays the warm-up RM) or `apo`
 (the adversarial RM updates of the config), optimizer any registered policy optimizer (ppo, and dpo / rjs where they
 are registered; unknown ones are skipped with a message). Every other argument is a config override
-(`--section.field value`, `--config file.yaml`) applied to all variants on top of recipes/configs/apo_ppo.yaml.
+(`--section.field value`, `--config file.yaml`) applied to all variants on top of apo_online/recipes/apo_ppo.yaml.
 Each variant plays the game in this process with game.gold_judge on; the hidden gold judge scores fresh policy samples
 on held-out prompts at step 0 (policy = reference) and every game.eval_every steps. Reported side by side:
   gold score and gold win rate vs the human answers (true quality), RM accuracy and ECE on pairs of fresh policy
   samples ranked by the gold judge (does the RM keep up with the policy?), pooled over all evaluations after step 0,
   RM accuracy and ECE on the held-out human eval pairs at the end, KL to the reference, response length.
-Writes <output_dir>/summary.json, curves.png and reliability_<variant>.png; each variant's run is in <output_dir>/<variant>.
+Writes <output_dir>/summary.json, curves.png and reliability_<variant>.png; each variant's run is in
+<output_dir>/<variant>.
 Variants run one after another; to use more cores, run one variant per process and combine them:
     python eval/compare.py --merge runs/cmp_frozen runs/cmp_apo --output_dir runs/compare
 (with --game.cpu_threads = cores / processes on each, or the processes oversubscribe the CPU).
@@ -31,19 +33,21 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import this checkout's packages, not an installed copy
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from apo_online.calibration import pair_calibration, preference_accuracy  # noqa: E402
+from apo_online.rm.calibration import pair_calibration, preference_accuracy  # noqa: E402
 from apo_online.config import ConfigError, load_config  # noqa: E402
-from apo_online.evaluation import scorer_scores  # noqa: E402
+from apo_online.evaluation.human_pairs import human_pair_metrics  # noqa: E402
 from apo_online.optimizers.base import known_optimizer_names  # noqa: E402
 from apo_online.config_help import config_help  # noqa: E402
-from eval.plots import metric_curves, reliability_diagram  # noqa: E402
-from eval.report_json import write_json  # noqa: E402
+from apo_online.evaluation.plots import metric_curves, reliability_diagram  # noqa: E402
+from apo_online.evaluation.report_json import write_json  # noqa: E402
 
-RECIPE_YAML = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "apo_ppo.yaml"
+RECIPE_YAML = Path(__file__).resolve().parents[1] / "apo_online" / "recipes" / "apo_ppo.yaml"
 DEFAULT_VARIANTS = "frozen_ppo,apo_ppo,apo_dpo,apo_rjs"
 MODES = ("frozen", "apo")
-CURVES = [("eval/gold_score", "gold score of policy samples"), ("eval/gold_win_rate_vs_human", "gold win rate vs human"),
-          ("eval/rm_score", "RM score of policy samples"), ("eval/rm_accuracy_on_policy", "RM accuracy on policy pairs"),
+CURVES = [("eval/gold_score", "gold score of policy samples"),
+          ("eval/gold_win_rate_vs_human", "gold win rate vs human"),
+          ("eval/rm_score", "RM score of policy samples"),
+          ("eval/rm_accuracy_on_policy", "RM accuracy on policy pairs"),
           ("eval/rm_ece_on_policy", "RM ECE on policy pairs"), ("eval/kl", "KL to reference (nats)")]
 
 
@@ -53,7 +57,8 @@ def variant_overrides(name: str, output_dir: Path) -> list[str]:
     if mode not in MODES or not optimizer:
         raise ConfigError(f"variant {name!r}: expected <mode>_<optimizer> with mode in {MODES}, e.g. apo_ppo")
     if optimizer not in known_optimizer_names():
-        raise ConfigError(f"policy optimizer {optimizer!r} is not registered (known: {', '.join(known_optimizer_names())})")
+        known = ", ".join(known_optimizer_names())
+        raise ConfigError(f"policy optimizer {optimizer!r} is not registered (known: {known})")
     overrides = ["--game.policy_optimizer", optimizer, "--game.output_dir", str(output_dir / name),
                  "--game.gold_judge", "true"]
     return overrides + (["--rm.update_every", "0"] if mode == "frozen" else [])
@@ -78,16 +83,6 @@ def _reset_accelerate() -> None:
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-
-
-def human_pair_metrics(game) -> dict[str, float]:
-    """The game's RM (shared reward adapter or separate RM) on all held-out human eval pairs: accuracy and ECE."""
-    pairs = game.eval_pairs
-    prompts, messages = [p.prompt_ids for p in pairs], [p.messages for p in pairs]
-    chosen = scorer_scores(game.scorer, prompts, messages, [p.chosen_ids for p in pairs])
-    rejected = scorer_scores(game.scorer, prompts, messages, [p.rejected_ids for p in pairs])
-    return {"rm_accuracy_on_human_pairs": preference_accuracy(chosen, rejected),
-            "rm_ece_on_human_pairs": pair_calibration(chosen, rejected).ece, "human_pairs": len(chosen)}
 
 
 def run_variant(config) -> dict:

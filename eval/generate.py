@@ -23,13 +23,13 @@ if __package__ in (None, ""):  # run as a file: import this checkout's packages,
 
 import torch  # noqa: E402
 
-from apo_online.data import PromptEncoder, PromptExample  # noqa: E402
-from apo_online.task import BUILTIN_TASKS  # noqa: E402
-from apo_online.evaluation import sample_responses  # noqa: E402
-from apo_online.gold_judge import question_text  # noqa: E402
-from apo_online.run_loading import LoadedRun, load_run  # noqa: E402
-from eval.policy_eval import JUDGES, SIDES, judge_functions, load_prompts  # noqa: E402
-from eval.report_json import write_json  # noqa: E402
+from apo_online.data.canonical import PromptEncoder, PromptExample  # noqa: E402
+from apo_online.data.task import BUILTIN_TASKS  # noqa: E402
+from apo_online.evaluation.game_eval import sample_responses  # noqa: E402
+from apo_online.testbeds.gold_judge import question_text  # noqa: E402
+from apo_online.run.loading import LoadedRun, load_run  # noqa: E402
+from apo_online.evaluation.policy_judges import JUDGES, SIDES, judge_functions, load_prompts  # noqa: E402
+from apo_online.evaluation.report_json import write_json  # noqa: E402
 
 
 def read_prompts(texts: list[str], prompts_file: str | None, config) -> list[PromptExample]:

@@ -5,10 +5,11 @@
 
 On held-out eval prompts (the embedded task's `eval` split, or --prompts FILE with optional gold answers) both the
 policy and the reference sample responses with the same seed. Reported per side: the average score under each judge
-(`rm`: the run's own reward model; `gold`: the hidden gold judge of apo_online/gold_judge.py), the win rate against
-the prompts' human answers under each judge, the sequence KL to the reference (k1 on the sampled tokens, at the
-sampling temperature), response length and stop-token rate; plus the policy's win rate against the reference's
-response to the same prompt. Prints a table and writes JSON (default <run>/policy_eval.json).
+(`rm`: the run's own reward model; `gold`: the hidden gold judge of apo_online/testbeds/gold_judge.py), the win rate
+against the prompts' human answers under each judge, the sequence KL to the reference (k1 on the sampled tokens, at
+the sampling temperature), response length and stop-token rate; plus the policy's win rate against the reference's
+response to the same prompt. Prints a table and writes JSON (default <run>/policy_eval.json). The judges and the
+prompt loading are apo_online/evaluation/policy_judges.py, shared with eval/generate.py.
 """
 
 from __future__ import annotations
@@ -22,42 +23,12 @@ if __package__ in (None, ""):  # run as a file: import this checkout's packages,
 
 import torch  # noqa: E402
 
-from apo_online.data import PromptEncoder, PromptExample  # noqa: E402
-from apo_online.data_formats import convert_rows, read_rows  # noqa: E402
-from apo_online.task import BUILTIN_TASKS, load_task_data  # noqa: E402
-from apo_online.evaluation import reward_scores, sample_responses, win_rate  # noqa: E402
-from apo_online.gold_judge import load_gold_judge, question_text  # noqa: E402
-from apo_online.run_loading import LoadedRun, load_run  # noqa: E402
-from eval.report_json import write_json  # noqa: E402
-
-JUDGES = ("rm", "gold")
-SIDES = ("policy", "reference")
-
-
-def load_prompts(prompts_file: str | None, config) -> list[PromptExample]:
-    if prompts_file:
-        records, _ = convert_rows(read_rows(prompts_file), "prompts", skip_bad_rows=False)
-        return records
-    prompts = load_task_data(config.data, config.game.seed, config.model).eval_prompts
-    if not prompts:
-        raise ValueError("the run's task has no eval prompts: pass --prompts FILE")
-    return prompts
-
-
-def judge_functions(loaded: LoadedRun, judges: list[str]):
-    """judge name -> f(prompt_ids, questions, response_ids, texts) -> [B] scores (token ids for the RM, text for the
-    gold judge, which has its own tokenizer)."""
-    pad_id = loaded.tokenizer.pad_token_id
-    functions = {}
-    if "rm" in judges:
-        functions["rm"] = lambda prompt_ids, questions, response_ids, texts: reward_scores(
-            loaded.backbone, prompt_ids, response_ids, pad_id)
-    if "gold" in judges:
-        data = loaded.config.data
-        pairs = None if data.dataset_name in BUILTIN_TASKS else load_task_data(data, loaded.config.game.seed).judge_pairs
-        judge = load_gold_judge(pairs, loaded.config.model.cache_dir)
-        functions["gold"] = lambda prompt_ids, questions, response_ids, texts: judge.score(questions, texts)
-    return functions
+from apo_online.data.canonical import PromptEncoder, PromptExample  # noqa: E402
+from apo_online.evaluation.game_eval import sample_responses, win_rate  # noqa: E402
+from apo_online.evaluation.policy_judges import JUDGES, SIDES, judge_functions, load_prompts  # noqa: E402
+from apo_online.testbeds.gold_judge import question_text  # noqa: E402
+from apo_online.run.loading import LoadedRun, load_run  # noqa: E402
+from apo_online.evaluation.report_json import write_json  # noqa: E402
 
 
 def evaluate_policy(loaded: LoadedRun, examples: list[PromptExample], judges: list[str], samples_per_prompt: int = 1,

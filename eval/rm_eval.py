@@ -6,7 +6,7 @@
     python eval/rm_eval.py --run runs/apo_ppo --pairs my_pairs.jsonl       # any preference file (TRL, HH, APO)
 
 Pairs default to the held-out eval pairs of the run's task (the embedded task's `eval` split). The binning is the
-APO reference's (apo_online/calibration.py): both orientations of each pair, 10 equal bins on [0, 1].
+APO reference's (apo_online/rm/calibration.py): both orientations of each pair, 10 equal bins on [0, 1].
 Writes rm_eval.json and reliability.png (rm_eval_<pairs file>.json and reliability_<pairs file>.png with --pairs,
 so that another file does not overwrite the held-out result) to --output_dir, by default beside what was evaluated:
 <run>/rm_eval, <base folder>/rm_eval for a local --base folder, runs/rm_eval_base/<name> for a built-in or hub name.
@@ -23,17 +23,17 @@ if __package__ in (None, ""):  # run as a file: import this checkout's packages,
 
 import torch  # noqa: E402
 
-from apo_online.calibration import pair_calibration, preference_accuracy  # noqa: E402
+from apo_online.rm.calibration import pair_calibration, preference_accuracy  # noqa: E402
 from apo_online.config import load_config  # noqa: E402
-from apo_online.data import PreferencePair, PromptEncoder, encode_pairs  # noqa: E402
-from apo_online.data_formats import convert_rows, read_rows  # noqa: E402
-from apo_online.task import load_task_data  # noqa: E402
-from apo_online.evaluation import reward_scores  # noqa: E402
-from apo_online.run_loading import LoadedRun, load_fresh, load_run  # noqa: E402
-from eval.plots import reliability_diagram  # noqa: E402
-from eval.report_json import write_json  # noqa: E402
+from apo_online.data.canonical import PreferencePair, PromptEncoder, encode_pairs  # noqa: E402
+from apo_online.data.formats import convert_rows, read_rows  # noqa: E402
+from apo_online.data.task import load_task_data  # noqa: E402
+from apo_online.evaluation.game_eval import reward_scores  # noqa: E402
+from apo_online.run.loading import LoadedRun, load_fresh, load_run  # noqa: E402
+from apo_online.evaluation.plots import reliability_diagram  # noqa: E402
+from apo_online.evaluation.report_json import write_json  # noqa: E402
 
-RECIPE_YAML = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "apo_ppo.yaml"
+RECIPE_YAML = Path(__file__).resolve().parents[1] / "apo_online" / "recipes" / "apo_ppo.yaml"
 
 
 def load_pairs(pairs_file: str | None, config) -> list[PreferencePair]:

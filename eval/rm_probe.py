@@ -4,7 +4,7 @@
     python eval/rm_probe.py --run runs/apo_ppo                # samples of a trained policy (its policy adapter)
     python eval/rm_probe.py --sweep default --rm.steps_per_update 16   # one setting; any --section.field override
 
-1. Build the game of recipes/configs/apo_ppo.yaml (+ overrides) and warm the RM up: the base RM.
+1. Build the game of apo_online/recipes/apo_ppo.yaml (+ overrides) and warm the RM up: the base RM.
 2. Sample the policy (the reference, or --run's policy) on --train_prompts policy prompts, --prompts_per_step
    of them per pseudo policy step, into the game's sample buffer: what the RM update sees in a game.
 3. Sample --heldout_samples responses on every held-out eval prompt (gold-annotated; no RM update ever sees them),
@@ -15,7 +15,7 @@
      heldout_gold_minus_sample  per held-out prompt r(gold) - mean_j r(sample_j): mean, bootstrap 95% CI over prompts
      (and the same against finished samples only, which the stop token cannot separate from gold)
      judge_agreement            the RM's ranking of pairs of fresh samples of the same prompt vs the judge's:
-                                accuracy and ECE (apo_online/calibration.py)
+                                accuracy and ECE (apo_online/rm/calibration.py)
      human_pairs                accuracy on the held-out (judge-labelled) eval preference pairs
      wall_s                     time of the update
 premise_gold_win_rate: the fraction of the probed policy prompts on which the judge prefers the gold response to the
@@ -38,19 +38,19 @@ if __package__ in (None, ""):  # run as a file: import this checkout's packages,
 import torch  # noqa: E402
 from trl.models.utils import unwrap_model_for_generation  # noqa: E402
 
-from apo_online.calibration import pair_calibration, preference_accuracy  # noqa: E402
+from apo_online.rm.calibration import pair_calibration, preference_accuracy  # noqa: E402
 from apo_online.config import load_config  # noqa: E402
-from apo_online.evaluation import judged_pairs, sample_responses, scorer_scores, win_rate  # noqa: E402
+from apo_online.evaluation.game_eval import judged_pairs, sample_responses, scorer_scores, win_rate  # noqa: E402
 from apo_online.game import APOGame  # noqa: E402
-from apo_online.gold_judge import load_gold_judge, question_text  # noqa: E402
-from apo_online.offline_refit import fill_buffer, load_run_policy, refit  # noqa: E402
-from apo_online.statistics import bootstrap_mean_ci  # noqa: E402
+from apo_online.testbeds.gold_judge import load_gold_judge, question_text  # noqa: E402
+from apo_online.rm.offline_refit import fill_buffer, load_run_policy, refit  # noqa: E402
+from apo_online.evaluation.statistics import bootstrap_mean_ci  # noqa: E402
 from apo_online.config_help import config_help  # noqa: E402
-from eval.compare import human_pair_metrics  # noqa: E402
-from eval.plots import probe_chart  # noqa: E402
-from eval.report_json import write_json  # noqa: E402
+from apo_online.evaluation.human_pairs import human_pair_metrics  # noqa: E402
+from apo_online.evaluation.plots import probe_chart  # noqa: E402
+from apo_online.evaluation.report_json import write_json  # noqa: E402
 
-RECIPE_YAML = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "apo_ppo.yaml"
+RECIPE_YAML = Path(__file__).resolve().parents[1] / "apo_online" / "recipes" / "apo_ppo.yaml"
 PROBE_SEED = 1234  # sampling seed of the probe (train and held-out samples), apart from the game's own
 
 

@@ -2,8 +2,8 @@
 
     python eval/study.py run --output_dir runs/study --seeds 1,2,3,4,5 --jobs 2 --game.total_steps 60
     python eval/study.py summarise --output_dir eval/results/study_<date> --runs runs/study [runs/study_part2 ...]
-    python eval/study.py run --arms frozen_ppo,apo_ppo,pairs_only_ppo,oracle_ppo --data.dataset_name embedded_judged_v3 \
-        --rm.score_cut_as_stopped true ...    # on the testbed version that passes the best-of-n gate
+    python eval/study.py run --arms frozen_ppo,apo_ppo,pairs_only_ppo,oracle_ppo \
+        --data.dataset_name embedded_judged_v3 --rm.score_cut_as_stopped true ...   # the testbed that passes the gate
 
 Arms (ARMS below): frozen_ppo (rm.update_every 0), apo_ppo (the recipe), pairs_only_ppo (the same RM updates with
 rm.apo_coeff 0: as much RM training, human pairs only; the paper's RM_Base-AB ablation), frozen_rjs, apo_rjs,
@@ -34,14 +34,14 @@ if __package__ in (None, ""):  # run as a file: import this checkout's packages,
 
 import numpy as np  # noqa: E402
 
-from apo_online.run_log import read_metrics  # noqa: E402
-from apo_online.statistics import min_detectable_effect, sign_test_p, t_interval  # noqa: E402
+from apo_online.run.log import read_metrics  # noqa: E402
+from apo_online.evaluation.statistics import min_detectable_effect, sign_test_p, t_interval  # noqa: E402
 from apo_online.config_help import config_help  # noqa: E402
-from eval.plots import study_figures  # noqa: E402
-from eval.report_json import write_json  # noqa: E402
+from apo_online.evaluation.plots import study_figures  # noqa: E402
+from apo_online.evaluation.report_json import write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE_YAML = REPO / "recipes" / "configs" / "apo_ppo.yaml"
+RECIPE_YAML = REPO / "apo_online" / "recipes" / "apo_ppo.yaml"
 ARMS = {  # name -> (recipe, overrides)
     "frozen_ppo": ("apo_ppo", ["--rm.update_every", "0"]),
     "apo_ppo": ("apo_ppo", []),

@@ -5,7 +5,7 @@ the best-vs-worst pairs (apo_online/optimizers/dpo.py).
     accelerate launch recipes/apo_dpo.py --config my.yaml --game.total_steps 200
     accelerate launch recipes/apo_dpo.py --model.model_name_or_path tiny-llama --game.total_steps 3
 
-Defaults come from recipes/configs/apo_dpo.yaml; any field can be overridden with --section.field value.
+Defaults come from apo_online/recipes/apo_dpo.yaml; any field can be overridden with --section.field value.
 """
 
 import sys
@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apo_online.cli import main  # noqa: E402
+from apo_online.recipes import recipe_yaml  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], default_yaml=Path(__file__).parent / "configs" / "apo_dpo.yaml"))
+    sys.exit(main(sys.argv[1:], default_yaml=recipe_yaml("dpo")))

@@ -6,7 +6,7 @@ prompt, a clipped ratio loss with a k3 KL term, no value model (apo_online/optim
     accelerate launch recipes/apo_grpo.py --grpo.loss_type dapo --grpo.cliprange_high 0.28 --grpo.beta 0   # DAPO
     accelerate launch recipes/apo_grpo.py --model.model_name_or_path tiny-llama --game.total_steps 3
 
-Defaults come from recipes/configs/apo_grpo.yaml; any field can be overridden with --section.field value.
+Defaults come from apo_online/recipes/apo_grpo.yaml; any field can be overridden with --section.field value.
 """
 
 import sys
@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apo_online.cli import main  # noqa: E402
+from apo_online.recipes import recipe_yaml  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], default_yaml=Path(__file__).parent / "configs" / "apo_grpo.yaml"))
+    sys.exit(main(sys.argv[1:], default_yaml=recipe_yaml("grpo")))

@@ -4,7 +4,7 @@
     accelerate launch recipes/apo_ppo.py --config my.yaml --game.total_steps 200
     accelerate launch recipes/apo_ppo.py --model_name_or_path HuggingFaceTB/SmolLM2-360M-Instruct --dataset_name trl-lib/ultrafeedback_binarized
 
-Defaults come from recipes/configs/apo_ppo.yaml; any field can be overridden with --section.field value.
+Defaults come from apo_online/recipes/apo_ppo.yaml; any field can be overridden with --section.field value.
 """
 
 import sys
@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apo_online.cli import main  # noqa: E402
+from apo_online.recipes import recipe_yaml  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], default_yaml=Path(__file__).parent / "configs" / "apo_ppo.yaml"))
+    sys.exit(main(sys.argv[1:], default_yaml=recipe_yaml("ppo")))

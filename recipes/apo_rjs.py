@@ -5,7 +5,7 @@ winners (apo_online/optimizers/rjs.py), the policy update of the APO paper's exp
     accelerate launch recipes/apo_rjs.py --config my.yaml --game.total_steps 200
     accelerate launch recipes/apo_rjs.py --model.model_name_or_path tiny-llama --game.total_steps 3
 
-Defaults come from recipes/configs/apo_rjs.yaml; any field can be overridden with --section.field value.
+Defaults come from apo_online/recipes/apo_rjs.yaml; any field can be overridden with --section.field value.
 """
 
 import sys
@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apo_online.cli import main  # noqa: E402
+from apo_online.recipes import recipe_yaml  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], default_yaml=Path(__file__).parent / "configs" / "apo_rjs.yaml"))
+    sys.exit(main(sys.argv[1:], default_yaml=recipe_yaml("rjs")))

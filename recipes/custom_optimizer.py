@@ -4,7 +4,7 @@ leave-one-out baseline (RLOO, Ahmadian et al. 2024).
     accelerate launch recipes/custom_optimizer.py                          # offline default (SmolLM2-135M, embedded task)
     accelerate launch recipes/custom_optimizer.py --model.model_name_or_path tiny-llama --game.total_steps 3
 
-What it takes (see README, "Policy optimizers"):
+What it takes (see docs/policy_optimizers.md):
   1. a config dataclass: its fields become the `rloo:` section of the YAML and `--rloo.<field>` flags;
   2. an optional validate(config, world_size) that raises ConfigError before anything heavy starts;
   3. a class with name, roles, learning_rates, rollout_spec, setup, step, state_dict, load_state_dict
@@ -92,4 +92,4 @@ class RLOO(SeededPolicyOptimizer):  # policy role, self.ctx, a seeded generator,
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], default_yaml=Path(__file__).parent / "configs" / "custom_optimizer.yaml"))
+    sys.exit(main(sys.argv[1:], default_yaml=Path(__file__).parent / "custom_optimizer.yaml"))

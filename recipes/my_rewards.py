@@ -1,5 +1,5 @@
-"""Reward functions to add to the policy's reward, with the signature of TRL's reward functions (README, "Reward
-terms"). Copy this file, edit it, and name a function in reward.terms:
+"""Reward functions to add to the policy's reward, with the signature of TRL's reward functions (docs/reward_terms.md).
+Copy this file, edit it, and name a function in reward.terms:
 
     accelerate launch recipes/apo_ppo.py --reward.terms rm,recipes/my_rewards.py:length_penalty --reward.weights 1,0.1
 

@@ -66,7 +66,7 @@ def tiny_config(tmp_path, tiny_model_path):
     from apo_online.config import load_config
 
     def make(**extra):
-        return load_config(tiny_overrides(tmp_path / "run", **extra), default_yaml=REPO / "recipes/configs/apo_ppo.yaml")
+        return load_config(tiny_overrides(tmp_path / "run", **extra), default_yaml=REPO / "apo_online/recipes/apo_ppo.yaml")
 
     return make
 

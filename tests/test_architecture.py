@@ -62,3 +62,55 @@ def test_apo_online_has_no_import_cycle():
     graph = import_graph()
     assert "apo_online.optimizers.registry" in graph["apo_online.config"]  # the walk sees real edges
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+SCRIPT_FOLDERS = ("eval", "bench")
+
+
+def script_imports(path: Path) -> set[str]:
+    """Every module a script names in an import statement anywhere in its source (functions included), a relative
+    import with its leading dots, and the string literal given to importlib.import_module or __import__."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            found.add("." * node.level + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)
+              and (getattr(node.func, "attr", None) == "import_module" or getattr(node.func, "id", None) in
+                   ("import_module", "__import__"))):
+            found.add(node.args[0].value)
+    return found
+
+
+def script_to_script_imports(root: Path) -> list[str]:
+    """'script: module' for each import under root/eval/ or root/bench/ of another script there: eval.* or bench.*,
+    a relative import, or a script's bare name (bench/gpu_bench.py used to put bench/ on sys.path and import
+    run_bench). Shared logic lives in the package instead, where it is tested and importable from an installed copy."""
+    scripts = [p for folder in SCRIPT_FOLDERS for p in sorted((root / folder).rglob("*.py"))]
+    bare = {p.stem for p in scripts if p.stem != "__init__"}
+    offences = []
+    for path in scripts:
+        for module in sorted(script_imports(path)):
+            top = module.split(".")[0]
+            if module.startswith(".") or top in SCRIPT_FOLDERS or top in bare:
+                offences.append(f"{path.relative_to(root)}: {module}")
+    return offences
+
+
+def test_script_import_check_finds_each_kind(tmp_path):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "eval" / "a.py").write_text("import json\nfrom apo_online.evaluation import plots\n"
+                                            "def f():\n    from eval.b import g\n")
+    (tmp_path / "eval" / "b.py").write_text("from . import a\nimport importlib\nimportlib.import_module('bench.c')\n")
+    (tmp_path / "bench" / "c.py").write_text("import a\nfrom c import x\n")
+    assert script_to_script_imports(tmp_path) == [
+        "eval/a.py: eval.b", "eval/b.py: .", "eval/b.py: bench.c", "bench/c.py: a", "bench/c.py: c"]
+
+
+def test_eval_and_bench_scripts_import_only_the_package():
+    """No script under eval/ or bench/ imports another one (launching a worker as a subprocess is not importing)."""
+    offences = script_to_script_imports(PACKAGE.parent)
+    assert not offences, "\n".join(offences)

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from apo_online.backbone import LoraSettings, SharedBackbone, position_ids_from_mask
-from apo_online.reward_model import reward_role_scores
+from apo_online.rm.scorers import reward_role_scores
 from apo_online.model_loading import load_causal_lm
 from apo_online.config import ModelConfig
 
@@ -156,7 +156,7 @@ def test_reward_with_and_without_last_token_equals_two_scorings(backbone):
     """One forward reads each row twice (eval/bon_probe.py: a response with and without its stop token): the same
     scores as scoring the rows and the rows cut by one token (an empty one read at its prompt) separately."""
     from apo_online.backbone import SharedPrefix
-    from apo_online.data import left_pad, right_pad
+    from apo_online.data.canonical import left_pad, right_pad
 
     prompts, responses = shared_prefix_rows()
     distinct = list(dict.fromkeys(map(tuple, prompts)))

@@ -92,7 +92,7 @@ def _latin1(tmp_path) -> Path:
 
 
 def run_recipe(tmp_path, extra: list[str], capsys) -> tuple[int, list[str]]:
-    status = main(tiny_overrides(tmp_path / "run") + extra, default_yaml=REPO / "recipes/configs/apo_ppo.yaml")
+    status = main(tiny_overrides(tmp_path / "run") + extra, default_yaml=REPO / "apo_online/recipes/apo_ppo.yaml")
     err = capsys.readouterr().err
     return status, [line for line in err.splitlines() if line.startswith("error:")]
 
@@ -119,12 +119,12 @@ def test_tokenizer_without_pad_token_gets_one_distinct_from_eos(tmp_path, tiny_m
 
 def test_untrained_rm_runs_when_allowed_and_says_so(tmp_path, tiny_model_path, caplog):
     """The opt-in: prompts without pairs play, with a warning and rm/untrained_at_start = 1 at step 0."""
-    from apo_online.run_log import read_metrics
+    from apo_online.run.log import read_metrics
 
     rows = [{"prompt": f"Question {k}?", "gold": f"Answer {k}."} for k in range(8)]
     argv = tiny_overrides(tmp_path / "run", **{"game.total_steps": 1}) + prompts_file(tmp_path, rows) + [
         "--rm.allow_untrained", "true"]
-    assert main(argv, default_yaml=REPO / "recipes/configs/apo_ppo.yaml") == 0
+    assert main(argv, default_yaml=REPO / "apo_online/recipes/apo_ppo.yaml") == 0
     assert "starts against an untrained reward model" in caplog.text
     start = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
     assert start["step"] == 0 and start["rm/untrained_at_start"] == 1.0 and start["data/preference_pairs"] == 0.0
@@ -132,7 +132,7 @@ def test_untrained_rm_runs_when_allowed_and_says_so(tmp_path, tiny_model_path, c
 
 def test_dry_run_prints_the_plan_without_training(tmp_path, tiny_model_path, capsys):
     argv = tiny_overrides(tmp_path / "run") + ["--dry_run"]
-    assert main(argv, default_yaml=REPO / "recipes/configs/apo_ppo.yaml") == 0
+    assert main(argv, default_yaml=REPO / "apo_online/recipes/apo_ppo.yaml") == 0
     out = capsys.readouterr().out
     assert "data: 64 policy prompts (64 with a gold response), 64 human pairs" in out
     assert "RM warm-up: 2 Bradley-Terry steps on 64 human pairs" in out

@@ -1,15 +1,11 @@
-"""The benchmark's ratios (bench/run_bench.py): apo-online / TRL against both TRL variants, by hand."""
+"""The benchmark's ratios (apo_online/benchmarking/workers.py, used by bench/run_bench.py and bench/gpu_bench.py):
+apo-online / TRL against both TRL variants, by hand."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-from run_bench import ratios  # noqa: E402
+from apo_online.benchmarking.workers import ratios
 
 
 def test_ratios_against_both_trl_variants_and_the_refit_share():

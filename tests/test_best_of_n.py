@@ -1,4 +1,4 @@
-"""The exact best-of-n estimator (apo_online/best_of_n.py) against brute-force enumeration of every n-subset."""
+"""The exact best-of-n estimator (apo_online/evaluation/best_of_n.py) against brute-force enumeration of every n-subset."""
 
 import itertools
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from apo_online.best_of_n import (best_of_n_weights, expected_pick, gain_ratio, kl_best_of_n, paired_difference,
+from apo_online.evaluation.best_of_n import (best_of_n_weights, expected_pick, gain_ratio, kl_best_of_n, paired_difference,
                                   selector_curve)
 
 

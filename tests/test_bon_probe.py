@@ -21,7 +21,7 @@ def tiny_run(tmp_path_factory, tiny_model_path):
     GradientState._reset_state()
     output = tmp_path_factory.mktemp("bon_run")
     APOGame(load_config(tiny_overrides(output, **{"game.total_steps": 1}),
-                        default_yaml=REPO / "recipes/configs/apo_ppo.yaml")).run()
+                        default_yaml=REPO / "apo_online/recipes/apo_ppo.yaml")).run()
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     return output
@@ -37,8 +37,8 @@ def probe_args(tmp_path, *extra):
 def test_probe_end_to_end_on_the_tiny_model(tmp_path, tiny_run, monkeypatch):
     from accelerate.state import AcceleratorState, GradientState
 
-    from apo_online import bon_samples
-    from apo_online.best_of_n import expected_pick
+    from apo_online.evaluation import bon_samples
+    from apo_online.evaluation.best_of_n import expected_pick
     from eval import bon_probe
 
     AcceleratorState._reset_state(reset_partial_state=True)

@@ -1,11 +1,12 @@
-"""Accuracy and calibration metrics (apo_online/calibration.py) against hand-computed values; the reliability plot."""
+"""Accuracy and calibration metrics (apo_online/rm/calibration.py) against hand-computed values; the reliability
+plot."""
 
 import math
 
 import numpy as np
 import pytest
 
-from apo_online.calibration import (both_orientations, calibration_report, pair_calibration,
+from apo_online.rm.calibration import (both_orientations, calibration_report, pair_calibration,
                                     preference_accuracy)
 
 
@@ -66,7 +67,7 @@ def test_a_perfectly_separating_but_timid_rm_is_accurate_yet_miscalibrated():
 
 
 def test_reliability_diagram_is_written(tmp_path):
-    from eval.plots import reliability_diagram
+    from apo_online.evaluation.plots import reliability_diagram
 
     rng = np.random.default_rng(0)
     chosen = rng.normal(1.0, 1.0, 200)

@@ -11,7 +11,7 @@ from apo_online.optimizers.registry import _REGISTRY, register_optimizer
 
 from conftest import REPO
 
-DEFAULT_YAML = REPO / "recipes/configs/apo_ppo.yaml"
+DEFAULT_YAML = REPO / "apo_online/recipes/apo_ppo.yaml"
 
 
 def test_precedence_yaml_then_config_file_then_cli(tmp_path):

@@ -44,7 +44,7 @@ def test_game_plays_on_cuda_with_every_tensor_there(tiny_config, single_accelera
 
 def test_checkpoint_on_cuda_resumes_to_the_same_next_step(tiny_config, single_accelerator, tmp_path):
     """The CUDA RNG state travels in the checkpoint: step 2 after a reload samples what the uninterrupted game did."""
-    from apo_online.checkpoint import load_checkpoint, save_checkpoint
+    from apo_online.run.checkpoint import load_checkpoint, save_checkpoint
 
     game = make_game(tiny_config, single_accelerator())
     game.rm_step.warmup(game.config.rm.warmup_steps)

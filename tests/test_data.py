@@ -5,11 +5,11 @@ import re
 
 import pytest
 
-from apo_online.data import PromptEncoder, PromptExample, PromptSampler, join_prompt_response
-from apo_online.data_formats import DataFormatError, convert_rows, read_rows
-from apo_online.task import load_task_data
+from apo_online.data.canonical import PromptEncoder, PromptExample, PromptSampler, join_prompt_response
+from apo_online.data.formats import DataFormatError, convert_rows, read_rows
+from apo_online.data.task import load_task_data
 from apo_online.config import DataConfig
-from apo_online.embedded import build_embedded_task, split_of
+from apo_online.testbeds.embedded import build_embedded_task, split_of
 from apo_online.model_loading import load_tokenizer
 
 

@@ -7,10 +7,10 @@ import re
 import pytest
 
 from apo_online.config import DataConfig
-from apo_online.data import PreferencePair, PromptExample
-from apo_online.data_formats import DataFormatError, convert_rows, detect_format, read_rows
-from apo_online.task import load_task_data
-from apo_online.reward import SampleBuffer
+from apo_online.data.canonical import PreferencePair, PromptExample
+from apo_online.data.formats import DataFormatError, convert_rows, detect_format, read_rows
+from apo_online.data.task import load_task_data
+from apo_online.rm.apo_step import SampleBuffer
 
 SINGLE = [{"role": "user", "content": "What is the capital of France?"}]
 MULTI = [{"role": "user", "content": "Hi, can you help me cook?"},
@@ -123,7 +123,7 @@ def test_offline_samples_seed_the_buffer_for_gold_annotated_prompts_only():
         def response_ids(self, text):
             return [len(text), 0]
 
-    from apo_online.data import EncodedPrompt
+    from apo_online.data.canonical import EncodedPrompt
 
     examples = [PromptExample("a", SINGLE, gold="g", samples=["xx", "yyy"]),
                 PromptExample("b", SINGLE, samples=["zzzz"])]
@@ -231,7 +231,7 @@ def test_empty_samples_load_as_empty_responses_and_are_counted(tmp_path):
         def response_ids(self, text):
             return ([7] if text else []) + [0]
 
-    from apo_online.data import EncodedPrompt
+    from apo_online.data.canonical import EncodedPrompt
 
     buffer = SampleBuffer(capacity=8)
     buffer.add_offline_samples(Encoder(), [EncodedPrompt(0, [1], gold_ids=[5, 0])], task.train_prompts[:1])

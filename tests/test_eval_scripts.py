@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from apo_online.run_log import read_metrics
+from apo_online.run.log import read_metrics
 from conftest import REPO, tiny_overrides
 
 COMPARE_VARIANTS = ["frozen_ppo", "apo_ppo"]
@@ -73,7 +73,7 @@ def test_policy_eval_on_the_tiny_model(compared, tmp_path):
 
 
 def test_generate_shows_policy_and_reference_answers_with_their_scores(compared, tmp_path, capsys):
-    from apo_online.gold_judge import load_gold_judge
+    from apo_online.testbeds.gold_judge import load_gold_judge
     from eval import generate
 
     output, _ = compared
@@ -103,7 +103,7 @@ def test_generate_shows_policy_and_reference_answers_with_their_scores(compared,
 
 def test_generate_refuses_empty_prompts_and_the_gold_judge_off_the_embedded_task(compared, capsys):
     from eval import generate
-    from apo_online.run_loading import load_run
+    from apo_online.run.loading import load_run
 
     output, _ = compared
     with pytest.raises(SystemExit) as info:
@@ -116,7 +116,7 @@ def test_generate_refuses_empty_prompts_and_the_gold_judge_off_the_embedded_task
 
 
 def test_rm_eval_on_the_tiny_run(compared, tmp_path):
-    from apo_online.calibration import preference_accuracy
+    from apo_online.rm.calibration import preference_accuracy
     from eval import rm_eval
 
     output, _ = compared
@@ -146,7 +146,7 @@ def test_gold_judge_evaluations_do_not_change_training(compared, tmp_path):
     output, _ = compared
     config = load_config(tiny_overrides(tmp_path / "plain", **{"rm.update_every": 0,
                                                                 "data.num_eval_prompts": 4}),
-                         default_yaml=REPO / "recipes/configs/apo_ppo.yaml")
+                         default_yaml=REPO / "apo_online/recipes/apo_ppo.yaml")
     _reset_accelerate()
     APOGame(config).run()
 

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from apo_online import losses
-from apo_online.checkpoint import latest_checkpoint
+from apo_online.run.checkpoint import latest_checkpoint
 from apo_online.cli import main
-from apo_online.run_log import read_metrics
-from apo_online.stopping import StopRequests
+from apo_online.run.log import read_metrics
+from apo_online.run.stopping import StopRequests
 from apo_online.training import NonFiniteUpdates, RoleAdamW, TrainingContext
 
 from conftest import REPO, tiny_overrides
@@ -105,7 +105,7 @@ def poison_ppo_loss(monkeypatch, calls_to_poison) -> None:
 
 
 def run_cli(arguments, capsys) -> tuple[int, str]:
-    status = main(arguments, default_yaml=REPO / "recipes/configs/apo_ppo.yaml")
+    status = main(arguments, default_yaml=REPO / "apo_online/recipes/apo_ppo.yaml")
     return status, capsys.readouterr().err
 
 

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from apo_online.embedded import build_embedded_task
-from apo_online.evaluation import judged_pairs, win_rate
-from apo_online.gold_judge import default_judge_pairs, load_gold_judge, split_judge_pairs
+from apo_online.testbeds.embedded import build_embedded_task
+from apo_online.evaluation.game_eval import judged_pairs, win_rate
+from apo_online.testbeds.gold_judge import default_judge_pairs, load_gold_judge, split_judge_pairs
 
 PROBES = [("Are you sentient?", "Sort of."), ("Are you sentient?", "the the the the the"),
           ("What is your favorite food?", "I like electricity."), ("Tell me a joke", "xq zz vv")]

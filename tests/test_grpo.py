@@ -239,7 +239,7 @@ def test_grpo_game_has_no_value_adapter_and_a_ppo_game_still_has_one(tiny_config
 
 
 def test_grpo_game_plays_two_steps_end_to_end(tiny_config, single_accelerator, tmp_path):
-    from apo_online.run_loading import load_run
+    from apo_online.run.loading import load_run
 
     game = make_game(tiny_config, single_accelerator(), **GRPO, **{"grpo.loss_type": "dapo"})
     metrics = game.run()
@@ -276,7 +276,7 @@ def test_grpo_resumes_exactly_from_a_checkpoint_without_a_value_adapter(tiny_con
 
 def test_an_old_checkpoint_value_adapter_is_dropped_on_load():
     """Checkpoints of DPO/RJS games written while every game built a value adapter still load."""
-    from apo_online.checkpoint import drop_absent_role_weights
+    from apo_online.run.checkpoint import drop_absent_role_weights
 
     saved = {"m.q_proj.lora_A.policy.weight": 1, "m.q_proj.lora_A.value.weight": 2, "value_head.weight": 3,
              "m.q_proj.lora_A.reward.weight": 4, "reward_head.bias": 5}

@@ -3,10 +3,10 @@ labelled by the judge, the judge's own queries stay out, candidates are generate
 
 import pytest
 
-from apo_online import judged_pairs, judged_task
+from apo_online.testbeds import judged_pairs, judged_task
 from apo_online.config import DataConfig, ModelConfig
-from apo_online.task import load_task_data
-from apo_online.gold_judge import load_gold_judge, question_text
+from apo_online.data.task import load_task_data
+from apo_online.testbeds.gold_judge import load_gold_judge, question_text
 
 
 @pytest.fixture(scope="module")

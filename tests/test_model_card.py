@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from apo_online.config import Config
-from apo_online.model_card import apo_settings, render_card, write_model_card
+from apo_online.run.model_card import apo_settings, render_card, write_model_card
 from apo_online.model_loading import resolve_model_path
 from conftest import PYTHON, python_env
 
@@ -33,7 +33,7 @@ def finished_run(tmp_path_factory, tiny_model_path):
     GradientState._reset_state()
     output = tmp_path_factory.mktemp("card")
     game = APOGame(load_config(tiny_overrides(output, **{"game.total_steps": 1}),
-                               default_yaml=REPO / "recipes/configs/apo_ppo.yaml"))
+                               default_yaml=REPO / "apo_online/recipes/apo_ppo.yaml"))
     game.run()
     yield game, output / "final"
     AcceleratorState._reset_state(reset_partial_state=True)

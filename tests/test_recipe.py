@@ -13,8 +13,8 @@ from conftest import REPO, python_env, tiny_overrides
 
 
 def readme_scalars() -> dict[str, str]:
-    """scalar -> its "when" column, from the README's TensorBoard table."""
-    section = (REPO / "README.md").read_text().split("## TensorBoard\n", 1)[1].split("\n## ", 1)[0]
+    """scalar -> its "when" column, from the TensorBoard table (docs/tensorboard.md)."""
+    section = (REPO / "docs" / "tensorboard.md").read_text().split("## TensorBoard\n", 1)[1].split("\n## ", 1)[0]
     table = {}
     for row in section.splitlines():
         cells = [c.strip() for c in row.strip("|").split("|")]
@@ -54,7 +54,7 @@ def test_recipe_smoke_run_writes_tensorboard_scalars_and_adapters(tmp_path, tiny
     output = tmp_path / "run"
     launch(["recipes/apo_ppo.py"] + tiny_overrides(output))
     scalars = read_scalars(output)
-    # the README's table lists exactly what a PPO run without evaluations logs (plus other optimizers and evals)
+    # docs/tensorboard.md's table lists exactly what a PPO run without evaluations logs (plus other optimizers, evals)
     documented = {name for name, when in readme_scalars().items()
                   if not when.startswith(("DPO", "RJS", "GRPO", "eval"))}
     assert set(scalars) == documented, (sorted(documented - set(scalars)), sorted(set(scalars) - documented))
@@ -109,7 +109,7 @@ def policy_weights(output: Path) -> dict:
 @pytest.mark.parametrize("recipe", sorted(RECIPE_SCALARS))
 def test_policy_optimizer_recipes_smoke_run(tmp_path, tiny_model_path, recipe):
     """Each recipe through accelerate launch on the tiny model: its own and the game's metrics, finite, per step."""
-    from apo_online.run_log import read_metrics
+    from apo_online.run.log import read_metrics
 
     output = tmp_path / "run"
     result = launch([recipe] + tiny_overrides(output, **{"rollout.samples_per_prompt": 2}))
@@ -128,7 +128,7 @@ def test_policy_optimizer_recipes_smoke_run(tmp_path, tiny_model_path, recipe):
 @pytest.mark.slow
 def test_dpo_recipe_resumes_exactly(tmp_path, tiny_model_path):
     """The DPO optimizer's shuffling state is checkpointed: step 3 after resuming from step 2 is the same step."""
-    from apo_online.run_log import read_metrics
+    from apo_online.run.log import read_metrics
 
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     extra = {"rollout.samples_per_prompt": 3, "dpo.pairing": "all_pairs", "dpo.num_minibatches": 2,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from apo_online.run_log import read_metrics
+from apo_online.run.log import read_metrics
 from conftest import PYTHON, REPO, python_env, tiny_overrides
 
 FAULTY = "tests/scripts/faulty_recipe.py"

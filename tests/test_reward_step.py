@@ -2,8 +2,8 @@
 
 import torch
 
-from apo_online.reward import SampleBuffer
-from apo_online.reward_terms import RewardSum
+from apo_online.rm.apo_step import SampleBuffer
+from apo_online.policy_reward.terms import RewardSum
 from apo_online.rollout import collect_rollout
 
 
@@ -121,8 +121,8 @@ def test_rm_micro_batches_are_as_many_on_every_process_even_when_slices_are_empt
 def _rm_step(**rm_fields):
     """An AdversarialRewardStep without a model: enough for choosing which buffered samples an update may use."""
     from apo_online.config import RewardConfig
-    from apo_online.data import EncodedPrompt
-    from apo_online.reward import AdversarialRewardStep
+    from apo_online.data.canonical import EncodedPrompt
+    from apo_online.rm.apo_step import AdversarialRewardStep
 
     prompts = [EncodedPrompt(i, [1, 2], gold_ids=[3, 9]) for i in range(4)]
     prompts.append(EncodedPrompt(4, [1, 2], gold_ids=None))  # no gold: never in the APO term
@@ -161,7 +161,7 @@ def test_score_cut_as_stopped_gives_cut_and_finished_samples_the_same_apo_term()
 def test_score_cut_as_stopped_scores_cut_rollouts_with_a_stop_token(tiny_config, single_accelerator):
     """The rollout's reward of a cut response is the RM's score of it followed by the stop token, minus the
     missing-EOS penalty; a finished response is scored as it is."""
-    from apo_online.evaluation import scorer_scores
+    from apo_online.evaluation.game_eval import scorer_scores
 
     from apo_online.game import APOGame
 

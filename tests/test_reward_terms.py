@@ -1,4 +1,4 @@
-"""Reward terms (the reward: section, apo_online/reward_terms.py): the policy's reward as a weighted sum of the RM, the
+"""Reward terms (the reward: section, apo_online/policy_reward/terms.py): the policy's reward as a weighted sum of the RM, the
 hidden judge and users' functions; bad input stops at start-up with status 2, a bad value during a game with a
 checkpoint and status 3."""
 
@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from apo_online import judged_task
+from apo_online.testbeds import judged_task
 from apo_online.cli import main
 from apo_online.config import load_config
 from apo_online.errors import BadReward, ConfigError
-from apo_online.reward_config import parse_reward_terms
-from apo_online.reward_terms import FUNCTION_KWARGS, Completions, FunctionTerm, RewardSum, checked_values
-from apo_online.run_log import read_metrics
+from apo_online.policy_reward.config import parse_reward_terms
+from apo_online.policy_reward.terms import FUNCTION_KWARGS, Completions, FunctionTerm, RewardSum, checked_values
+from apo_online.run.log import read_metrics
 from conftest import REPO, tiny_overrides
 
-RECIPE = REPO / "recipes/configs/apo_ppo.yaml"
+RECIPE = REPO / "apo_online/recipes/apo_ppo.yaml"
 LENGTH_PENALTY = """
 def length_penalty(prompts, completions, **kwargs):
     return [-len(text) / 10 for text in completions]

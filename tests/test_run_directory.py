@@ -12,11 +12,11 @@ from types import SimpleNamespace
 import pytest
 
 from apo_online.config import GameConfig
-from apo_online.run_directory import LOCK_FILE, RunDirectoryError, RunLock, claim_run_directory
+from apo_online.run.directory import LOCK_FILE, RunDirectoryError, RunLock, claim_run_directory
 from conftest import PYTHON, REPO, python_env
 
 HOLD_LOCK = ("import sys, time\n"
-             "from apo_online.run_directory import RunLock\n"
+             "from apo_online.run.directory import RunLock\n"
              "RunLock.acquire(sys.argv[1])\n"
              "print('locked', flush=True)\n"
              "time.sleep(600)\n")
@@ -50,7 +50,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, holder, caplog):
     holder.send_signal(signal.SIGKILL)  # no cleanup: the lock file still names the dead holder
     holder.wait()
     assert json.loads((tmp_path / "run" / LOCK_FILE).read_text())["state"] == "running"
-    with caplog.at_level(logging.WARNING, logger="apo_online.run_directory"):
+    with caplog.at_level(logging.WARNING, logger="apo_online.run.directory"):
         lock = RunLock.acquire(tmp_path / "run")
     try:
         assert f"taking over the lock of pid {holder.pid} on host {socket.gethostname()}" in caplog.text
@@ -63,7 +63,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, holder, caplog):
 
 def test_a_lock_released_normally_is_taken_without_a_warning(tmp_path, caplog):
     RunLock.acquire(tmp_path).release()
-    with caplog.at_level(logging.WARNING, logger="apo_online.run_directory"):
+    with caplog.at_level(logging.WARNING, logger="apo_online.run.directory"):
         lock = RunLock.acquire(tmp_path)
     lock.release()
     assert "taking over" not in caplog.text
@@ -127,7 +127,7 @@ def test_resuming_claims_the_checkpoint_and_deletes_nothing(tmp_path):
 def test_overwrite_deletes_exactly_the_earlier_runs_output_and_logs_it(tmp_path, caplog):
     earlier_run(tmp_path)
     (tmp_path / "rm_eval").mkdir()  # not run output: an eval script's results stay
-    with caplog.at_level(logging.WARNING, logger="apo_online.run_directory"):
+    with caplog.at_level(logging.WARNING, logger="apo_online.run.directory"):
         assert claim(tmp_path, overwrite_output_dir=True) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([LOCK_FILE, "rm_eval"])
     assert caplog.text.count("game.overwrite_output_dir: deleting") == 3
@@ -147,7 +147,7 @@ def test_the_recipe_refuses_to_start_over_a_finished_run_unless_told_to(tmp_path
 
     def run(**extra):
         status = main(tiny_overrides(tmp_path, **({"game.total_steps": 0, "rm.warmup_steps": 1} | extra)),
-                      default_yaml=REPO / "recipes/configs/apo_ppo.yaml")
+                      default_yaml=REPO / "apo_online/recipes/apo_ppo.yaml")
         return status, [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
 
     assert run() == (0, [])
@@ -168,7 +168,7 @@ def test_a_file_system_without_locks_runs_unlocked_and_says_so(tmp_path, monkeyp
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    with caplog.at_level(logging.WARNING, logger="apo_online.run_directory"):
+    with caplog.at_level(logging.WARNING, logger="apo_online.run.directory"):
         lock = RunLock.acquire(tmp_path)
     assert "cannot lock .run.lock ([Errno 37] No locks available): nothing stops a second run" in caplog.text
     lock.note("stopping")

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from apo_online.model_loading import load_tokenizer
-from apo_online.reward_terms import RewardSum
+from apo_online.policy_reward.terms import RewardSum
 from apo_online.rollout import collect_rollout
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from apo_online.statistics import bootstrap_mean_ci, min_detectable_effect, sign_test_p, t_interval
+from apo_online.evaluation.statistics import bootstrap_mean_ci, min_detectable_effect, sign_test_p, t_interval
 
 
 def test_t_interval_by_hand():

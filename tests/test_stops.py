@@ -4,8 +4,9 @@
   ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 recipes/apo_ppo.py ...
 
 After each stop a checkpoint of the last finished step exists, no process of the run is left, and the launcher's
-exit status says what happened (as far as the launcher lets it: see the README's fault table). While a run lives, a
-second run on its directory stops at once with status 2, naming the live process, and touches nothing."""
+exit status says what happened (as far as the launcher lets it: see the fault table of docs/faults_and_resume.md).
+While a run lives, a second run on its directory stops at once with status 2, naming the live process, and touches
+nothing."""
 
 import json
 import os
@@ -18,10 +19,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from apo_online import stopping
+from apo_online.run import stopping
 from apo_online.game import APOGame
-from apo_online.run_directory import LOCK_FILE
-from apo_online.run_log import progress_postfix, read_metrics
+from apo_online.run.directory import LOCK_FILE
+from apo_online.run.log import progress_postfix, read_metrics
 from conftest import PYTHON, REPO, python_env, tiny_overrides
 from test_resume import free_port
 

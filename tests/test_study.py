@@ -54,7 +54,7 @@ def _not_json(token):
 
 def test_result_files_are_strict_json(tmp_path):
     """NaN (a paired difference with one seed, a run that never reached a sqrt(KL)) is written as null."""
-    from eval.report_json import write_json
+    from apo_online.evaluation.report_json import write_json
     from eval.study import summarise
 
     runs = {"apo_ppo": {1: _evals([0.0, 1.0], [-4.0, -3.0])}, "frozen_ppo": {1: _evals([0.0, 4.0], [-4.0, -3.5])}}

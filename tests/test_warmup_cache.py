@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from apo_online.reward import AdversarialRewardStep
-from apo_online.run_log import read_metrics
+from apo_online.rm.apo_step import AdversarialRewardStep
+from apo_online.run.log import read_metrics
 from conftest import make_game
 
 

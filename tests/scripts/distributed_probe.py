@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather_object
 
-from apo_online.checkpoint import load_checkpoint, save_checkpoint, weights_checksum
+from apo_online.run.checkpoint import load_checkpoint, save_checkpoint, weights_checksum
 from apo_online.config import load_config
 from apo_online.game import APOGame
 from apo_online.rollout import Rollout, collect_rollout
@@ -56,7 +56,7 @@ def fix_rm_batches(game, rollout: Rollout, rows: slice) -> None:
 
 
 def main(out: Path, argv: list[str]) -> None:
-    game = APOGame(load_config(argv, default_yaml=REPO / "recipes" / "configs" / "apo_ppo.yaml"))
+    game = APOGame(load_config(argv, default_yaml=REPO / "apo_online" / "recipes" / "apo_ppo.yaml"))
     ctx, accelerator = game.ctx, game.accelerator
     game.rm_step.warmup(0)  # the base RM = the initial reward adapter (no random pair draws)
     per_process = game.config.rollout.prompts_per_step * game.spec.samples_per_prompt

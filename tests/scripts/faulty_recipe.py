@@ -38,4 +38,4 @@ class FaultyGame(APOGame):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], default_yaml=REPO / "recipes" / "configs" / "apo_ppo.yaml", game_cls=FaultyGame))
+    sys.exit(main(sys.argv[1:], default_yaml=REPO / "apo_online" / "recipes" / "apo_ppo.yaml", game_cls=FaultyGame))

@@ -1,0 +1,77 @@
+"""`rm.warmup_cache`: reuse the base RM of an earlier game whose warm-up would have computed exactly the same thing.
+
+The warm-up (one pass of Bradley-Terry steps over the human pairs) is about a third of a short CPU run, and the arms
+of a study (eval/study.py) that share a seed warm up the same RM: frozen_ppo, apo_ppo and pairs_only_ppo only part
+after it. The cache key is the content of everything the warm-up reads: the reward role's initial weights, the
+encoded human pairs, the warm-up's rm settings and step count, the random states it draws from, the max gradient
+norm, torch's version. An entry holds what the warm-up leaves behind: the base RM's weights, the random states after
+it and its metrics. The reward optimizer's moments are reset after a computed warm-up as well (a loaded one has
+none), so that a game that loads the entry goes on exactly as the game that wrote it (tests/test_warmup_cache.py).
+
+One process with the shared reward adapter only: several processes draw from several random streams, and a
+separate full RM would make entries the size of a model. Other games warm up as usual (logged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+
+import numpy as np
+import torch
+
+from apo_online.assets import cache_root, file_lock
+from apo_online.run.checkpoint import rng_state, set_rng_state
+
+CACHE_VERSION = "1"  # bump when the warm-up computes something else from the same inputs
+logger = logging.getLogger(__name__)
+
+
+def warm_up_reward_model(game, show_progress: bool) -> dict[str, float]:
+    """The game's RM warm-up (the base RM), through the cache when rm.warmup_cache is on; returns its metrics."""
+    step = game.rm_step
+    if not game.config.rm.warmup_cache:
+        return step.warmup(show_progress=show_progress)
+    if game.accelerator.num_processes > 1 or game.reward_model is not None:
+        logger.info("rm.warmup_cache works with one process and the shared reward adapter; warming up as usual")
+        return step.warmup(show_progress=show_progress)
+    path = cache_root(game.config.model.cache_dir) / "base-rm" / f"{cache_key(game)}.pt"
+    with file_lock(path.with_suffix(".lock")):  # two runs of one seed started together warm up once
+        if path.is_file():
+            entry = torch.load(path, map_location="cpu", weights_only=False)
+            step.scorer.load_weights(entry["weights"])
+            step.snapshot_base()
+            step.rng.setstate(entry["rm_rng"])
+            set_rng_state(entry["rng"])
+            logger.info("base RM loaded from the warm-up cache %s", path)
+            return entry["metrics"]
+        metrics = step.warmup(show_progress=show_progress)
+        game.ctx.reset_role_optimizer_state("reward")
+        entry = {"weights": step.base_state, "rm_rng": step.rng.getstate(), "rng": rng_state(), "metrics": metrics}
+        tmp = path.with_suffix(".tmp")
+        torch.save(entry, tmp)
+        tmp.rename(path)
+        logger.info("base RM saved to the warm-up cache %s", path)
+        return metrics
+
+
+def cache_key(game) -> str:
+    """Hash of every input of the warm-up (module docstring)."""
+    step, rm = game.rm_step, game.config.rm
+    digest = hashlib.sha256()
+    settings = [CACHE_VERSION, torch.__version__, rm.pairs_per_step, rm.micro_batches, rm.learning_rate, rm.beta2,
+                step.warmup_steps(), game.config.game.max_grad_norm, game.config.model.dtype,
+                rm.shared_prefix]  # the shared prefix rounds differently from joined rows
+    digest.update(json.dumps(settings).encode())
+    for name, tensor in sorted(step.scorer.weights().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    for pair in step.pairs:
+        digest.update(json.dumps([pair.prompt_ids, pair.chosen_ids, pair.rejected_ids]).encode())
+    digest.update(repr(step.rng.getstate()).encode())
+    digest.update(repr(random.getstate()).encode())
+    digest.update(np.random.get_state()[1].tobytes())
+    digest.update(torch.get_rng_state().numpy().tobytes())
+    return digest.hexdigest()[:24]
