@@ -14,6 +14,7 @@ see one forward per backward; the adapter switch inside it always restores the p
 from __future__ import annotations
 
 import contextlib
+from contextlib import nullcontext
 import functools
 import inspect
 import math
@@ -26,6 +27,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from trl.trainer.utils import selective_log_softmax
+
+from apo_online.merged_sampling import folded_into_weights
 
 ADAPTER_ROLES = ("policy", "value", "reward")
 REQUIRED_ADAPTER_ROLES = ("policy", "reward")  # every game samples with the policy and scores with the reward role
@@ -105,6 +108,7 @@ class SharedBackbone(nn.Module):
         nn.init.normal_(self.reward_head.weight, std=1.0 / math.sqrt(hidden + 1))
         nn.init.zeros_(self.reward_head.bias)
         self._adapter_params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
+        self.merged_sampling = True  # generate with the policy folded into the weights (the game sets it from config)
         self.eval()  # dropout off in all roles; training mode is never needed
 
     @classmethod
@@ -321,6 +325,10 @@ class SharedBackbone(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **generation_kwargs) -> torch.Tensor:
         """Sample continuations with the policy adapter. Returns [B * num_return_sequences, P + new tokens], or
-        transformers' generate output (sequences, logits, ...) when generation_kwargs ask for a dict."""
-        with self.role("policy"):
-            return self.peft_model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
+        transformers' generate output (sequences, logits, ...) when generation_kwargs ask for a dict.
+
+        With merged_sampling (rollout.merged_sampling) the policy adapter is folded into the weights for the call and
+        the adapters are off (merged_sampling.py): the same samples up to float rounding, no adapter per token."""
+        with folded_into_weights(self.peft_model, "policy") if self.merged_sampling else nullcontext(False) as folded:
+            with self.role(REFERENCE if folded else "policy"):
+                return self.peft_model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)

@@ -64,6 +64,10 @@ class RolloutConfig:
     # rollout). They differ from a full forward's by the float rounding of the KV-cache path (~1e-6 in float32, more
     # in bf16), so the first PPO epoch's ratio is ~1 rather than exactly 1; holds B x R x vocab logits in memory.
     logprobs_from_generation: bool = False
+    # Sample with the policy adapter folded into the weights (W + scale * B @ A per layer, adapters off, the base
+    # tensors swapped back untouched after each generate): no adapter matmuls per decoded token, the same samples up to
+    # float rounding. false: the adapter runs per token. Skipped under ZeRO-3 (partitioned weights).
+    merged_sampling: bool = True
 
 
 @dataclass

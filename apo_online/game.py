@@ -121,6 +121,7 @@ class APOGame:
         # adapters policy and reward plus the optimizer's roles: a value adapter only for an optimizer that trains one
         backbone = SharedBackbone.build(causal_lm, LoraSettings(mc.lora_r, mc.lora_alpha, mc.lora_target_modules),
                                         tuple(self.policy_optimizer.roles))
+        backbone.merged_sampling = self.config.rollout.merged_sampling
         if mc.gradient_checkpointing:
             backbone.gradient_checkpointing_enable()
         rates = dict(self.policy_optimizer.learning_rates(), reward=self.config.rm.learning_rate)

@@ -23,19 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's apo_online, not an installed copy
 
-from apo_online.benchmarking.apo_game import MODELS, build_game, offline_environment  # noqa: E402
+from apo_online.benchmarking.apo_game import (MODELS, build_game, offline_environment, reset_peak_rss,  # noqa: E402
+                                               vm_kb)
 
 offline_environment()
-
-
-def _vm_kb(field: str) -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
-
-
-def _reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # VmHWM := VmRSS
 
 
 def count_tokens(scorer, counts: dict[str, int]) -> None:
@@ -60,12 +51,12 @@ def time_updates(game, repeats: int) -> dict[str, dict[str, list[float]]]:
         for setting in ("plain", "shared"):
             game.scorer.shared_prefix = setting == "shared"
             game.rm_step.rng.setstate(rng_state)
-            _reset_peak_rss()
-            resting = _vm_kb("VmRSS")
+            reset_peak_rss()
+            resting = vm_kb("VmRSS")
             started = time.perf_counter()
             game.rm_step.update(game.buffer, game.step - 1)
             results[setting]["seconds"].append(time.perf_counter() - started)
-            results[setting]["peak_rss_growth_mb"].append((_vm_kb("VmHWM") - resting) / 1024)
+            results[setting]["peak_rss_growth_mb"].append((vm_kb("VmHWM") - resting) / 1024)
     return results
 
 

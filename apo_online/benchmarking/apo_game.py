@@ -62,6 +62,18 @@ def peak_rss_mb() -> float:
     return (own + children) / 1024.0  # ru_maxrss is in KiB on Linux
 
 
+def vm_kb(field: str) -> int:
+    """A field of /proc/self/status in KiB (VmRSS: resident now; VmHWM: its peak since start or the last reset)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def reset_peak_rss() -> None:
+    """VmHWM := VmRSS (Linux), so that the next VmHWM is the peak of what runs from now on."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+
+
 def peak_cuda_mb() -> float | None:
     """Peak memory torch's CUDA allocator handed out in this process (None on CPU)."""
     import torch
