@@ -117,6 +117,11 @@ class RewardConfig:
     # pairs, these settings, seed), cached under the cache root (rm/warmup_cache.py): the arms of a study that
     # share a seed warm up once. One process only; the run goes on exactly as if it had warmed up itself.
     warmup_cache: bool = False
+    # Load the base RM shipped with the package (apo_online/testbeds/base_rm/, the default recipe's at seed 42 under
+    # torch 2.13.0) when this game's warm-up has exactly its inputs (the rm.warmup_cache key), instead of computing
+    # it: the README's first run skips its warm-up. Refit or frozen games only (in continue mode the warm-up's
+    # optimizer moments carry on). false: always warm up.
+    shipped_base_rm: bool = True
     # A game whose RM would be untrained when the policy starts (no human pairs, rm.warmup_steps 0, no
     # model.reward_model_path) stops before loading the model, unless this is true (then it warns, and logs
     # rm/untrained_at_start = 1): for an RM meant to learn from the APO term alone.

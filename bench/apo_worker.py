@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's apo_online, not an installed copy
 
-from apo_online.benchmarking.apo_game import (MODELS, VARIANTS, build_game, offline_environment,  # noqa: E402
+from apo_online.benchmarking.apo_game import (build_game, game_parser, offline_environment,  # noqa: E402
                                               peak_cuda_mb, peak_rss_mb)
 
 offline_environment()
@@ -97,27 +96,8 @@ def run(game, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(MODELS), default="tiny")
-    parser.add_argument("--variant", choices=VARIANTS, default="apo_ppo_frozen_rm")
-    parser.add_argument("--model", help="a model folder instead of the size's built-in model (bench/gpu_bench.py)")
-    parser.add_argument("--dataset", default="embedded_judged",
-                        help="data.dataset_name (the recipe's testbed; 'embedded' for a model the testbed was not "
-                             "built for: the testbed samples its candidates from the model)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="any other config override, after the benchmark's own (repeatable)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model.dtype")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--updates", type=int, default=3)
-    parser.add_argument("--prompts-per-step", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--ppo-epochs", type=int, default=1)
-    parser.add_argument("--num-minibatches", type=int, default=2)
-    parser.add_argument("--rm-warmup-steps", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--logprobs-from-generation", action="store_true",
-                        help="rollout.logprobs_from_generation: sampling log-probs from generate's logits")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[game_parser()])
     parser.add_argument("--export", type=Path, help="write prompts + settings for trl_worker.py and exit")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="apo_bench_") as output_dir:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's apo_online, not an installed copy
 
-from apo_online.benchmarking.apo_game import (MODELS, build_game, offline_environment, reset_peak_rss,  # noqa: E402
-                                               vm_kb)
+from apo_online.benchmarking.apo_game import (MODELS, build_game, game_settings, offline_environment,  # noqa: E402
+                                               reset_peak_rss, vm_kb)
 
 
 def sample_once(backbone, prompts, max_new_tokens: int, merged: bool, seed: int):
@@ -53,11 +53,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from apo_online.data.canonical import left_pad
 
-    worker_args = argparse.Namespace(
-        size=args.size, variant="apo_ppo_frozen_rm", model=None, dataset="embedded", set=[], dtype="float32",
-        warmup=0, updates=1, prompts_per_step=8, max_new_tokens=24, ppo_epochs=1, num_minibatches=2,
-        rm_warmup_steps=0, threads=args.threads, gradient_checkpointing=False, logprobs_from_generation=False,
-        export=None)
+    worker_args = game_settings(size=args.size, dataset="embedded", warmup=0, updates=1, rm_warmup_steps=0,
+                                threads=args.threads)
     with tempfile.TemporaryDirectory(prefix="apo_merged_bench_") as output_dir:
         game = build_game(worker_args, output_dir)
         backbone = game.accelerator.unwrap_model(game.model)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's apo_online, not an installed copy
 
-from apo_online.benchmarking.apo_game import (MODELS, build_game, offline_environment, reset_peak_rss,  # noqa: E402
-                                               vm_kb)
+from apo_online.benchmarking.apo_game import (MODELS, build_game, game_settings, offline_environment,  # noqa: E402
+                                               reset_peak_rss, vm_kb)
 
 offline_environment()
 
@@ -68,11 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     args = parser.parse_args(argv)
-    worker_args = argparse.Namespace(  # bench/apo_worker.py's command line
-        size=args.size, variant="apo_ppo_refit", model=None, dataset="embedded_judged",
-        set=["rm.update_every=0", *args.set], dtype="float32", warmup=0, updates=args.rollouts, prompts_per_step=8,
-        max_new_tokens=24, ppo_epochs=1, num_minibatches=2, rm_warmup_steps=2, threads=args.threads,
-        gradient_checkpointing=False, logprobs_from_generation=False, export=None)
+    worker_args = game_settings(size=args.size, variant="apo_ppo_refit", set=["rm.update_every=0", *args.set],
+                                warmup=0, updates=args.rollouts, threads=args.threads)
     with tempfile.TemporaryDirectory(prefix="apo_rm_bench_") as output_dir:
         game = build_game(worker_args, output_dir)
         game.rm_step.warmup(worker_args.rm_warmup_steps)  # the base RM of every refit

@@ -59,3 +59,44 @@ def test_cached_warmup_refit_arm_equals_uncached(tiny_config, single_accelerator
                   **{"game.seed": 11, "rm.warmup_cache": "true"})
     assert_same_run(first, plain)
     assert_same_run(second, plain)
+
+
+def test_shipped_base_rm_is_loaded_and_plays_as_the_computed_warmup(tiny_config, single_accelerator, tmp_path,
+                                                                     monkeypatch):
+    """rm.shipped_base_rm: an entry shipped under the game's key replaces the warm-up, and the game then plays
+    exactly as one that warmed up itself; continue mode (whose warm-up moments carry on) computes its own."""
+    from apo_online.rm import warmup_cache
+
+    plain = play(tiny_config, single_accelerator(), tmp_path / "plain",
+                 **{"game.seed": 13, "model.cache_dir": str(tmp_path / "own_cache")})
+    # an entry for exactly this game, written by the cache, then moved into a stand-in for the package folder
+    play(tiny_config, single_accelerator(), tmp_path / "writer",
+         **{"game.seed": 13, "rm.warmup_cache": "true", "model.cache_dir": str(tmp_path / "own_cache")})
+    shipped = tmp_path / "shipped"
+    (tmp_path / "own_cache" / "base-rm").rename(shipped)
+    monkeypatch.setattr(warmup_cache, "SHIPPED_DIR", shipped)
+    real_warmup = AdversarialRewardStep.warmup
+    monkeypatch.setattr(AdversarialRewardStep, "warmup", lambda *a, **k: pytest.fail("warmed up despite the entry"))
+    loaded = play(tiny_config, single_accelerator(), tmp_path / "loaded",
+                  **{"game.seed": 13, "model.cache_dir": str(tmp_path / "own_cache")})
+    assert_same_run(loaded, plain)
+    # continue mode, or the switch off: the warm-up runs
+    calls = []
+    monkeypatch.setattr(AdversarialRewardStep, "warmup", lambda *a, **k: calls.append(1) or real_warmup(*a, **k))
+    play(tiny_config, single_accelerator(), tmp_path / "continue", **{"game.seed": 13, "rm.mode": "continue"})
+    play(tiny_config, single_accelerator(), tmp_path / "off", **{"game.seed": 13, "rm.shipped_base_rm": "false"})
+    assert len(calls) == 2
+
+
+def test_the_default_recipe_has_its_base_rm_shipped(tmp_path, single_accelerator):
+    """The README's first run skips its warm-up only while the package ships the entry of the default recipe's
+    key: a change to the recipe, the testbed's pairs, the model or torch needs `python scripts/ship_base_rm.py`."""
+    from apo_online.config import load_config
+    from apo_online.game import APOGame
+    from apo_online.recipes import recipe_yaml
+    from apo_online.rm.warmup_cache import SHIPPED_DIR, cache_key
+
+    config = load_config(["--game.output_dir", str(tmp_path / "run")], default_yaml=recipe_yaml("ppo"))
+    key = cache_key(APOGame(config, accelerator=single_accelerator()))
+    shipped = sorted(p.name for p in SHIPPED_DIR.glob("*.pt"))
+    assert shipped == [f"{key}.pt"], f"shipped {shipped}; the default recipe needs {key}.pt: scripts/ship_base_rm.py"

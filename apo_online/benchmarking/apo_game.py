@@ -8,6 +8,7 @@ transformers, which reads those variables at import.
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 
@@ -23,6 +24,44 @@ def offline_environment() -> None:
     the game, not the network, and the tokenizers' threads would compete with torch's."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def game_parser() -> argparse.ArgumentParser:
+    """The settings of a benchmark's game (bench/apo_worker.py's command line; the other benches build theirs
+    with game_settings), as a parent parser."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--size", choices=sorted(MODELS), default="tiny")
+    parser.add_argument("--variant", choices=VARIANTS, default="apo_ppo_frozen_rm")
+    parser.add_argument("--model", help="a model folder instead of the size's built-in model (bench/gpu_bench.py)")
+    parser.add_argument("--dataset", default="embedded_judged",
+                        help="data.dataset_name (the recipe's testbed; 'embedded' for a model the testbed was not "
+                             "built for: the testbed samples its candidates from the model)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="any other config override, after the benchmark's own (repeatable)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model.dtype")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--updates", type=int, default=3)
+    parser.add_argument("--prompts-per-step", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--ppo-epochs", type=int, default=1)
+    parser.add_argument("--num-minibatches", type=int, default=2)
+    parser.add_argument("--rm-warmup-steps", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--logprobs-from-generation", action="store_true",
+                        help="rollout.logprobs_from_generation: sampling log-probs from generate's logits")
+    return parser
+
+
+def game_settings(**changes) -> argparse.Namespace:
+    """game_parser's defaults with `changes` (attribute names: prompts_per_step, rm_warmup_steps, ...)."""
+    args = game_parser().parse_args([])
+    unknown = sorted(set(changes) - set(vars(args)))
+    if unknown:
+        raise TypeError(f"no benchmark game setting {', '.join(unknown)}; known: {', '.join(sorted(vars(args)))}")
+    for name, value in changes.items():
+        setattr(args, name, value)
+    return args
 
 
 def overrides(size: str, variant: str, output_dir: str, args) -> list[str]:

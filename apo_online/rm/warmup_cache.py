@@ -8,6 +8,11 @@ norm, torch's version. An entry holds what the warm-up leaves behind: the base R
 it and its metrics. The reward optimizer's moments are reset after a computed warm-up as well (a loaded one has
 none), so that a game that loads the entry goes on exactly as the game that wrote it (tests/test_warmup_cache.py).
 
+`rm.shipped_base_rm` (on by default) reads entries shipped inside the package first (`SHIPPED_DIR`, written by
+`scripts/ship_base_rm.py`): the default recipe's base RM, so that the README's first run does not spend minutes
+warming up. A shipped entry was computed on another machine: the same inputs and code, the floating-point rounding
+of that machine's kernels.
+
 One process with the shared reward adapter only: several processes draw from several random streams, and a
 separate full RM would make entries the size of a model. Other games warm up as usual (logged).
 """
@@ -18,6 +23,7 @@ import hashlib
 import json
 import logging
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,36 +31,59 @@ import torch
 from apo_online.assets import cache_root, file_lock
 from apo_online.run.checkpoint import rng_state, set_rng_state
 
+# base RMs shipped with the package, named by cache key (eval/ship_base_rm.py writes them): the default recipe's,
+# so that the README's first run skips its warm-up
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "testbeds" / "base_rm"
 CACHE_VERSION = "1"  # bump when the warm-up computes something else from the same inputs
 logger = logging.getLogger(__name__)
 
 
 def warm_up_reward_model(game, show_progress: bool) -> dict[str, float]:
-    """The game's RM warm-up (the base RM), through the cache when rm.warmup_cache is on; returns its metrics."""
-    step = game.rm_step
-    if not game.config.rm.warmup_cache:
+    """The game's RM warm-up (the base RM): the shipped entry when it matches, else through the cache when
+    rm.warmup_cache is on, else computed; returns its metrics."""
+    step, rm = game.rm_step, game.config.rm
+    if not (rm.warmup_cache or rm.shipped_base_rm):
         return step.warmup(show_progress=show_progress)
     if game.accelerator.num_processes > 1 or game.reward_model is not None:
-        logger.info("rm.warmup_cache works with one process and the shared reward adapter; warming up as usual")
+        logger.info("rm.warmup_cache / rm.shipped_base_rm work with one process and the shared reward adapter; "
+                    "warming up as usual")
         return step.warmup(show_progress=show_progress)
-    path = cache_root(game.config.model.cache_dir) / "base-rm" / f"{cache_key(game)}.pt"
+    key = cache_key(game)
+    shipped = SHIPPED_DIR / f"{key}.pt"
+    # a warm-up's optimizer moments survive into the game only in continue mode: there a loaded entry (which has
+    # none) would not play as the computed warm-up does, so the shipped one is for refit or frozen games only
+    if rm.shipped_base_rm and shipped.is_file() and (rm.mode == "refit" or rm.update_every == 0):
+        return load_entry(step, shipped, "shipped with the package")
+    if not rm.warmup_cache:
+        return step.warmup(show_progress=show_progress)
+    path = cache_root(game.config.model.cache_dir) / "base-rm" / f"{key}.pt"
     with file_lock(path.with_suffix(".lock")):  # two runs of one seed started together warm up once
         if path.is_file():
-            entry = torch.load(path, map_location="cpu", weights_only=False)
-            step.scorer.load_weights(entry["weights"])
-            step.snapshot_base()
-            step.rng.setstate(entry["rm_rng"])
-            set_rng_state(entry["rng"])
-            logger.info("base RM loaded from the warm-up cache %s", path)
-            return entry["metrics"]
+            return load_entry(step, path, "from the warm-up cache")
         metrics = step.warmup(show_progress=show_progress)
         game.ctx.reset_role_optimizer_state("reward")
-        entry = {"weights": step.base_state, "rm_rng": step.rng.getstate(), "rng": rng_state(), "metrics": metrics}
-        tmp = path.with_suffix(".tmp")
-        torch.save(entry, tmp)
-        tmp.rename(path)
+        save_entry(step, metrics, path)
         logger.info("base RM saved to the warm-up cache %s", path)
         return metrics
+
+
+def load_entry(step, path: Path, where: str) -> dict[str, float]:
+    """Set the base RM and the random states a warm-up would have left; its metrics."""
+    entry = torch.load(path, map_location="cpu", weights_only=False)
+    step.scorer.load_weights(entry["weights"])
+    step.snapshot_base()
+    step.rng.setstate(entry["rm_rng"])
+    set_rng_state(entry["rng"])
+    logger.info("base RM loaded %s: %s", where, path)
+    return entry["metrics"]
+
+
+def save_entry(step, metrics: dict[str, float], path: Path) -> None:
+    """What a warm-up leaves behind, written atomically (a crash leaves no half entry)."""
+    entry = {"weights": step.base_state, "rm_rng": step.rng.getstate(), "rng": rng_state(), "metrics": metrics}
+    tmp = path.with_suffix(".tmp")
+    torch.save(entry, tmp)
+    tmp.rename(path)
 
 
 def cache_key(game) -> str:
