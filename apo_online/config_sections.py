@@ -151,7 +151,8 @@ class GameConfig:
     eval_at_start: bool = False  # also evaluate at step 0, after the RM warm-up (the start of a gold-vs-KL frontier)
     # Every eval_every steps the hidden gold judge (apo_online/testbeds/gold_judge.py) scores fresh policy samples on
     # data.num_eval_prompts held-out prompts, and the RM is checked against it (eval/gold_*, eval/rm_*_on_policy).
-    gold_judge: bool = False
+    # null: on when the task carries the judge's held-out pairs and eval prompts (the built-in tasks), else off.
+    gold_judge: bool | None = False
     eval_samples_per_prompt: int = 2  # >= 2 gives pairs of policy samples to check the RM's rankings on
 
 

@@ -111,7 +111,9 @@ class APOGame:
         self._checkpoint_step = -1
         self.metrics_log = MetricsLog(self.accelerator, config.game.output_dir)
         self.evaluators = []  # callables game -> dict of eval metrics, run every game.eval_every steps
-        if config.game.gold_judge:  # the hidden gold judge scores fresh policy samples (evaluation/game_eval.py)
+        # the hidden gold judge scores fresh policy samples (evaluation/game_eval.py); null: where the task has one
+        judge = config.game.gold_judge
+        if judge or (judge is None and GoldJudgeEvaluator.available(self.task)):
             self.evaluators.append(GoldJudgeEvaluator(self))
         set_seed(config.game.seed + self.accelerator.process_index)  # different samples on every process
 

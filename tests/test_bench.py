@@ -29,3 +29,23 @@ def test_ratios_skip_a_missing_memory_figure_and_absent_variants():
     summary = {"apo_ppo_frozen_rm": {"step_s": 2.0, "peak_cuda_mb": None, "rm_share": 0.0},
                "trl_ppo": {"step_s": 4.0, "peak_cuda_mb": None}}
     assert ratios(summary, "peak_cuda_mb", "peak CUDA memory") == {"apo_ppo_frozen_rm/trl step time": 0.5}
+
+
+def test_merged_sampling_and_allocator_ratios_against_the_refit_variant():
+    from apo_online.benchmarking.workers import worker_env
+
+    summary = {"apo_ppo_refit": {"step_s": 3.0, "peak_rss_mb": 3000.0, "rm_share": 0.3,
+                                 "generation_tokens_per_s": 30.0},
+               "apo_ppo_refit_unmerged": {"step_s": 4.0, "peak_rss_mb": 2900.0, "rm_share": 0.3,
+                                          "generation_tokens_per_s": 20.0},
+               "apo_ppo_refit_jemalloc": {"step_s": 3.3, "peak_rss_mb": 2400.0, "rm_share": 0.3,
+                                          "generation_tokens_per_s": 30.0}}
+    out = ratios(summary, "peak_rss_mb", "peak RSS")
+    assert out["sampling tokens/s merged / unmerged"] == pytest.approx(1.5)
+    assert out["apo_ppo_refit_jemalloc/apo_ppo_refit peak RSS"] == pytest.approx(0.8)
+    assert out["apo_ppo_refit_jemalloc/apo_ppo_refit step time"] == pytest.approx(1.1)
+    assert "apo_ppo_refit_tcmalloc/apo_ppo_refit peak RSS" not in out
+    assert worker_env("apo_ppo_refit_jemalloc") == {"LD_PRELOAD": "libjemalloc.so.2"}
+    assert worker_env("apo_ppo_refit_arena2") == {"MALLOC_ARENA_MAX": "2"}
+    assert worker_env("apo_ppo_refit") == {}
+    assert worker_env("trl_ppo_fixed_mmap") == {"MALLOC_MMAP_THRESHOLD_": "131072"}

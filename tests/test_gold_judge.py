@@ -77,3 +77,26 @@ def test_judged_pairs_orders_samples_of_the_same_prompt_and_drops_ties():
 
 def test_win_rate_counts_ties_as_half():
     assert win_rate([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0]) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+
+
+def test_gold_judge_null_evaluates_where_the_task_has_a_judge(tiny_config, single_accelerator):
+    """game.gold_judge null (the default recipe's): the judge's evaluator where the task carries its held-out pairs
+    and eval prompts, none on data without them (where true stops with a ConfigError)."""
+    import dataclasses
+
+    from apo_online.config import ConfigError
+    from apo_online.data.task import load_task_data
+    from apo_online.evaluation.game_eval import GoldJudgeEvaluator
+    from apo_online.game import APOGame
+
+    config = tiny_config(**{"game.gold_judge": "null"})
+    task = load_task_data(config.data, config.game.seed, config.model)
+    game = APOGame(config, accelerator=single_accelerator(), task=task)
+    assert [type(e) for e in game.evaluators] == [GoldJudgeEvaluator]
+    without_judge, elsewhere = dataclasses.replace(task, judge_pairs=[]), game.config.game.output_dir
+    game = APOGame(tiny_config(**{"game.gold_judge": "null", "game.output_dir": elsewhere + "_2"}),
+                   accelerator=single_accelerator(), task=without_judge)
+    assert game.evaluators == []
+    with pytest.raises(ConfigError, match="game.gold_judge needs held-out judge pairs"):
+        APOGame(tiny_config(**{"game.gold_judge": "true", "game.output_dir": elsewhere + "_3"}),
+                accelerator=single_accelerator(), task=without_judge)

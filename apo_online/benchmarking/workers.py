@@ -21,15 +21,26 @@ APO_WORKER = "bench/apo_worker.py"  # relative to the checkout root, run_worker'
 TRL_WORKER = "bench/trl_worker.py"
 TRL_VERSION = "1.12.0"  # the last TRL release with PPOTrainer
 DEFAULT_VARIANTS = ("apo_ppo_frozen_rm", "apo_ppo_refit", "trl_ppo", "trl_ppo_peft")
-VARIANTS = DEFAULT_VARIANTS + ("apo_ppo_refit_plain", "trl_ppo_fixed_mmap", "trl_ppo_peft_fixed_mmap")
+VARIANTS = DEFAULT_VARIANTS + ("apo_ppo_refit_plain", "apo_ppo_refit_unmerged", "apo_ppo_refit_jemalloc",
+                                "apo_ppo_refit_tcmalloc", "apo_ppo_refit_arena2", "trl_ppo_fixed_mmap",
+                                "trl_ppo_peft_fixed_mmap")
 TRL_VARIANTS = ("trl_ppo", "trl_ppo_peft", "trl_ppo_fixed_mmap", "trl_ppo_peft_fixed_mmap")
 TRL_SUFFIX = {"trl_ppo": "trl", "trl_ppo_peft": "trl_peft", "trl_ppo_fixed_mmap": "trl_fixed_mmap",
               "trl_ppo_peft_fixed_mmap": "trl_peft_fixed_mmap"}
 # apo-online variant -> (bench/apo_worker.py --variant, extra worker flags)
 APO_VARIANTS = {"apo_ppo_frozen_rm": ("apo_ppo_frozen_rm", []), "apo_ppo_refit": ("apo_ppo_refit", []),
-                "apo_ppo_refit_plain": ("apo_ppo_refit", ["--set", "rm.shared_prefix=false"])}
+                "apo_ppo_refit_plain": ("apo_ppo_refit", ["--set", "rm.shared_prefix=false"]),
+                "apo_ppo_refit_unmerged": ("apo_ppo_refit", ["--set", "rollout.merged_sampling=false"]),
+                # the same game under another allocator (worker_env): only the process's memory handling differs
+                "apo_ppo_refit_jemalloc": ("apo_ppo_refit", []), "apo_ppo_refit_tcmalloc": ("apo_ppo_refit", []),
+                "apo_ppo_refit_arena2": ("apo_ppo_refit", [])}
 # glibc reads this at start-up (a fixed threshold: freed large blocks go back to the OS); apo variants take it too
 FIXED_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+# variant suffix -> environment: an allocator preloaded by soname (Debian's libjemalloc2 and libtcmalloc-minimal4;
+# the dynamic linker finds them on its default path, and a missing one makes the worker fail), or glibc's arenas capped
+ALLOCATOR_ENV = {"_jemalloc": {"LD_PRELOAD": "libjemalloc.so.2"},
+                 "_tcmalloc": {"LD_PRELOAD": "libtcmalloc_minimal.so.4"},
+                 "_arena2": {"MALLOC_ARENA_MAX": "2"}}
 
 
 def venv_python(venv: Path) -> Path:
@@ -66,7 +77,9 @@ def last_json_line(text: str) -> dict:
 
 def worker_env(variant: str) -> dict[str, str]:
     """Environment a variant's worker gets on top of the caller's."""
-    return dict(FIXED_MMAP_ENV) if variant.endswith("_fixed_mmap") else {}
+    if variant.endswith("_fixed_mmap"):
+        return dict(FIXED_MMAP_ENV)
+    return next((dict(env) for suffix, env in ALLOCATOR_ENV.items() if variant.endswith(suffix)), {})
 
 
 def run_worker(command: list[str], log: Path, repo: Path, path_first: tuple[str, ...] = (),
@@ -132,4 +145,14 @@ def ratios(summary: dict, memory_key: str, memory_name: str) -> dict[str, float]
                     out[f"{variant}/{suffix} {memory_name}"] = summary[variant][memory_key] / summary[trl][memory_key]
     if "apo_ppo_refit" in summary:
         out["refit overhead share of wall time"] = summary["apo_ppo_refit"]["rm_share"]
+        unmerged = summary.get("apo_ppo_refit_unmerged")  # the same game, the policy adapter run per token
+        if unmerged:
+            out["sampling tokens/s merged / unmerged"] = (summary["apo_ppo_refit"]["generation_tokens_per_s"]
+                                                          / unmerged["generation_tokens_per_s"])
+        for suffix in ALLOCATOR_ENV:
+            other = summary.get(f"apo_ppo_refit{suffix}")
+            if other:
+                base = summary["apo_ppo_refit"]
+                out[f"apo_ppo_refit{suffix}/apo_ppo_refit peak RSS"] = other["peak_rss_mb"] / base["peak_rss_mb"]
+                out[f"apo_ppo_refit{suffix}/apo_ppo_refit step time"] = other["step_s"] / base["step_s"]
     return out

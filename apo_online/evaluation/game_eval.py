@@ -149,7 +149,7 @@ class GoldJudgeEvaluator:
     def __init__(self, game):
         self.game, self.history = game, []
         task, cfg = game.task, game.config
-        if not task.judge_pairs or not task.eval_prompts:
+        if not self.available(task):
             raise ConfigError("game.gold_judge needs held-out judge pairs and eval prompts, which the embedded task "
                               "has (data.dataset_name: embedded); set --game.gold_judge false for other data")
         examples = task.eval_prompts[: cfg.data.num_eval_prompts]
@@ -162,6 +162,11 @@ class GoldJudgeEvaluator:
         self.gold_answers = [examples[p.prompt_index].gold or self.human_answers[i] for i, p in enumerate(self.prompts)]
         self.judge, self.human_scores, self.gold_scores = None, None, None
         self.seed = cfg.game.seed + EVAL_SEED_OFFSET + 1000 * game.accelerator.process_index
+
+    @staticmethod
+    def available(task) -> bool:
+        """Whether the task carries what the judge needs: its held-out pairs and eval prompts."""
+        return bool(task.judge_pairs) and bool(task.eval_prompts)
 
     def _judge(self):
         if self.judge is None:  # built on first use: runs without evaluations never load the encoder
