@@ -3,6 +3,13 @@ CUDA memory, into one JSON. Run by bench/gpu_check.sh; needs no weights and no n
 
     python bench/gpu_bench.py --output /tmp/gpu_bench.json            # CUDA: both shapes in bfloat16
     python bench/gpu_bench.py --output /tmp/gpu_bench.json --cpu      # the CPU fallback: 2-layer cuts, float32
+    python bench/gpu_bench.py --output /tmp/gpu_user.json --scale user  # a user's batch: 1B, 256 x 128 tokens
+
+Scales: `smoke` (16 prompts x 64 new tokens: launch-bound, proves the path) and `user` (the 1B shape, 256 prompts x
+1 sample x 128 new tokens per step, the batch a GPU user runs; TRL's PPO draws one sample per prompt, so both sides
+sample 256 sequences from 256 prompts; with and without merged sampling). Every variant also reports its model
+FLOPs utilisation against --peak-tflops (the H200's ~790 TFLOP/s bf16 by default), by the conventional 2N / 6N
+count (apo_online/benchmarking/workers.py: model_flops_utilisation).
 
 Shapes (config only, weights drawn at seed 0): `smollm2-135m` (SmolLM2-135M: 30 layers, width 576, vocab 49152) and
 `llama-1b` (Llama-3.2-1B: 16 layers, width 2048, vocab 128256). Both use the tiny BPE tokenizer (1024 tokens, ChatML
@@ -30,7 +37,8 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))  # this checkout's apo_online, not an installed copy
 
 from apo_online.benchmarking.workers import (APO_VARIANTS, APO_WORKER, DEFAULT_VARIANTS, TRL_VARIANTS,  # noqa: E402
-                                             VARIANTS, ratios, run_worker, summarize, trl_command, worker_env)
+                                             VARIANTS, model_flops_utilisation, ratios, run_worker, summarize,
+                                             trl_command, worker_env)
 
 SHAPES = {  # LlamaConfig fields of each shape
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -39,6 +47,24 @@ SHAPES = {  # LlamaConfig fields of each shape
                      num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=True),
 }
 CPU_LAYERS = 2  # the CPU fallback keeps each shape's widths and vocabulary but only this many layers
+# scale -> (shapes, prompts per step, new tokens, variants) on CUDA; the CPU fallback shrinks the batch (cpu_batch)
+SCALES = {
+    "smoke": (list(SHAPES), 16, 64, list(DEFAULT_VARIANTS)),
+    "user": (["llama-1b"], 256, 128, ["apo_ppo_refit", "apo_ppo_refit_unmerged", "trl_ppo", "trl_ppo_peft"]),
+}
+
+
+def cpu_batch(scale: str) -> tuple[int, int]:
+    """(prompts, new tokens) of the CPU fallback: enough to run every code path on 2 cores in minutes."""
+    return (4, 8) if scale == "smoke" else (8, 16)
+
+
+def trained_tokens(assets: Path, prompts: int, new_tokens: int, ppo_epochs: int) -> float:
+    """Tokens the policy trains on per step: prompts x (mean prompt length + new tokens, as random weights rarely
+    stop) x PPO epochs."""
+    data = json.loads(assets.read_text(encoding="utf-8"))
+    mean_prompt = sum(len(p) for p in data["prompts"]) / len(data["prompts"])
+    return prompts * (mean_prompt + new_tokens) * ppo_epochs
 
 
 def build_random_model(shape: str, folder: Path, dtype: str, layers: int | None) -> dict:
@@ -67,13 +93,15 @@ def build_random_model(shape: str, folder: Path, dtype: str, layers: int | None)
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
+    parser.add_argument("--scale", choices=list(SCALES), default="smoke", help="the batch (module docstring)")
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="default: the scale's")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, help="default: the scale's")
+    parser.add_argument("--peak-tflops", type=float, default=790.0, help="the device's dense bf16 peak, for MFU")
     parser.add_argument("--cpu", action="store_true", help="the CPU fallback: float32, 2-layer cuts, fewer tokens")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--updates", type=int, default=4, help="timed; 4 = one refit at the recipe's cadence")
-    parser.add_argument("--prompts-per-step", type=int, default=None, help="default 16 on CUDA, 4 on the CPU")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 64 on CUDA, 8 on the CPU")
+    parser.add_argument("--prompts-per-step", type=int, default=None, help="default: the scale's (CPU: smaller)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the scale's (CPU: smaller)")
     parser.add_argument("--trl-path", default="", help="folder holding TRL 1.12.0 (pip install --target)")
     parser.add_argument("--work-dir", type=Path, default=BENCH / ".assets" / "gpu")
     args = parser.parse_args(argv)
@@ -82,16 +110,21 @@ def main(argv: list[str] | None = None) -> None:
     if not args.cpu and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: pass --cpu for the CPU fallback")
     dtype, layers = ("float32", CPU_LAYERS) if args.cpu else ("bfloat16", None)
-    prompts = args.prompts_per_step or (4 if args.cpu else 16)
-    new_tokens = args.max_new_tokens or (8 if args.cpu else 64)
+    shapes, scale_prompts, scale_tokens, variants = SCALES[args.scale]
+    if args.cpu:
+        scale_prompts, scale_tokens = cpu_batch(args.scale)
+    args.shapes, args.variants = args.shapes or shapes, args.variants or variants
+    prompts = args.prompts_per_step or scale_prompts
+    new_tokens = args.max_new_tokens or scale_tokens
     common = ["--warmup", str(args.warmup), "--updates", str(args.updates)]
     apo_common = common + ["--prompts-per-step", str(prompts), "--max-new-tokens", str(new_tokens), "--dtype", dtype,
                            # human gold: the judged testbed is built for SmolLM2's weights; random weights never
                            # stop, so the stop-token guard would leave the APO term without samples
                            "--dataset", "embedded", "--set", "rm.eos_only=false"]
     results: dict = {
-        "settings": {"dtype": dtype, "prompts_per_step": prompts, "max_new_tokens": new_tokens,
-                     "warmup": args.warmup, "updates": args.updates, "cpu_fallback": args.cpu},
+        "settings": {"scale": args.scale, "dtype": dtype, "prompts_per_step": prompts, "max_new_tokens": new_tokens,
+                     "warmup": args.warmup, "updates": args.updates, "cpu_fallback": args.cpu,
+                     "peak_tflops": args.peak_tflops},
         "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
@@ -114,16 +147,26 @@ def main(argv: list[str] | None = None) -> None:
                 command = apo + ["--variant", worker_variant] + apo_common + flags
             first = (args.trl_path,) if is_trl and args.trl_path else ()
             log = args.work_dir / "logs" / f"{shape}_{variant}.log"
-            result = run_worker(command, log, REPO, first, worker_env(variant))
+            try:
+                result = run_worker(command, log, REPO, first, worker_env(variant))
+            except RuntimeError as err:  # e.g. out of memory at a user's batch: keep the others' figures
+                results.setdefault("failed", {}).setdefault(shape, {})[variant] = str(err)[-1500:]
+                print(f"{shape} {variant}: failed, see {log}", flush=True)
+                continue
             results["runs"].setdefault(shape, {})[variant] = [result]
             summary = {v: summarize(runs) for v, runs in results["runs"][shape].items()}
+            tokens = trained_tokens(assets, prompts, new_tokens, ppo_epochs=1)  # apo_worker's default --ppo-epochs
+            for name, figures in summary.items():
+                figures["mfu"] = model_flops_utilisation(figures, results["shapes"][shape]["parameters"], tokens,
+                                                         args.peak_tflops)
             results["summary"][shape] = summary | {"ratios": ratios(summary, *memory)}
             results["elapsed_s"] = time.perf_counter() - started
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(json.dumps(results, indent=1), encoding="utf-8")
             print(f"{shape} {variant}: step {summary[variant]['step_s']:.3f}s, generation "
                   f"{summary[variant]['generation_tokens_per_s']:.0f} tok/s, peak CUDA "
-                  f"{summary[variant]['peak_cuda_mb'] or 0:.0f} MB, peak RSS {summary[variant]['peak_rss_mb']:.0f} MB "
+                  f"{summary[variant]['peak_cuda_mb'] or 0:.0f} MB, peak RSS {summary[variant]['peak_rss_mb']:.0f} MB, "
+                  f"MFU sampling {summary[variant]['mfu']['sampling']:.4f} step {summary[variant]['mfu']['step']:.4f} "
                   f"({time.perf_counter() - started:.0f}s)", flush=True)
     print(json.dumps(results["summary"], indent=1))
 

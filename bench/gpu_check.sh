@@ -5,6 +5,7 @@
 #
 #   bench/gpu_wheels.sh                 # once, where pip reaches PyPI: fills .whl/ (about 3 MB)
 #   bench/gpu_check.sh [OUT_DIR]        # on the GPU machine (default OUT_DIR: $OUT or bench/.assets/gpu_check)
+#   BENCH_SCALE=user BENCH_TIMEOUT=540 bench/gpu_check.sh [OUT_DIR]   # no tests: the 1B bench at a user's batch
 #
 # Writes OUT_DIR/gpu_bench.json, OUT_DIR/tests.log, OUT_DIR/nvidia_smi.txt. Without CUDA it runs the CPU fallback
 # (2-layer cuts of the same shapes, float32), which is how it is checked on a machine without a GPU.
@@ -35,7 +36,9 @@ cuda=$("$python" -c "import torch; print(int(torch.cuda.is_available()))") || ex
   | tee "$out/versions.txt"
 
 status=0
-if [ "$cuda" = 1 ]; then
+if [ "$cuda" = 1 ] && [ -n "${BENCH_SCALE:-}" ]; then
+  bench_args=()  # the user-scale bench alone: it needs the call's time
+elif [ "$cuda" = 1 ]; then
   # test_cuda: placement, bfloat16, a checkpoint on CUDA; the game tests run on the GPU too (the accelerator picks it)
   parallel=$("$python" -c "import xdist" 2>/dev/null && echo "-n 4")
   timeout 180 "$python" -m pytest -q -p no:cacheprovider $parallel tests/test_cuda.py tests/test_ppo_step.py \
@@ -46,7 +49,9 @@ else
   echo "no CUDA device: CPU fallback" | tee "$out/tests.log"
   bench_args=(--cpu --shapes smollm2-135m --updates 1)  # proves the path; the 1B cut takes ~10 min on 2 cores
 fi
-timeout "${BENCH_TIMEOUT:-330}" "$python" bench/gpu_bench.py --output "$out/gpu_bench.json" --trl-path "$trl_path" \
-  --work-dir /tmp/apo_gpu_bench "${bench_args[@]}" 2>&1 | grep -v "Warning\|warn(" | tail -60 || status=1
+# BENCH_SCALE=user: the 1B shape at a user's batch (bench/gpu_bench.py --scale user), after or instead of the tests
+timeout "${BENCH_TIMEOUT:-330}" "$python" bench/gpu_bench.py --output "$out/gpu_bench${BENCH_SCALE:+_$BENCH_SCALE}.json" \
+  --scale "${BENCH_SCALE:-smoke}" --trl-path "$trl_path" --work-dir /tmp/apo_gpu_bench "${bench_args[@]}" 2>&1 \
+  | grep -v "Warning\|warn(" | tail -60 || status=1
 tar -czf "$out/bench_logs.tar.gz" -C /tmp/apo_gpu_bench logs 2>/dev/null  # one file: the device returns 8 at most
 exit $status

@@ -88,7 +88,9 @@ def script_to_script_imports(root: Path) -> list[str]:
     """'script: module' for each import under root/eval/ or root/bench/ of another script there: eval.* or bench.*,
     a relative import, or a script's bare name (bench/gpu_bench.py used to put bench/ on sys.path and import
     run_bench). Shared logic lives in the package instead, where it is tested and importable from an installed copy."""
-    scripts = [p for folder in SCRIPT_FOLDERS for p in sorted((root / folder).rglob("*.py"))]
+    # hidden folders are the scripts' own environments and caches (bench/.venv-trl, bench/.assets), not scripts
+    scripts = [p for folder in SCRIPT_FOLDERS for p in sorted((root / folder).rglob("*.py"))
+               if not any(part.startswith(".") for part in p.relative_to(root / folder).parts)]
     bare = {p.stem for p in scripts if p.stem != "__init__"}
     offences = []
     for path in scripts:

@@ -49,3 +49,12 @@ def test_merged_sampling_and_allocator_ratios_against_the_refit_variant():
     assert worker_env("apo_ppo_refit_arena2") == {"MALLOC_ARENA_MAX": "2"}
     assert worker_env("apo_ppo_refit") == {}
     assert worker_env("trl_ppo_fixed_mmap") == {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def test_model_flops_utilisation_by_hand():
+    from apo_online.benchmarking.workers import model_flops_utilisation
+
+    # 1e9 parameters, 500 tokens/s sampled: 2 * 1e9 * 500 = 1e12 FLOP/s of a 100 TFLOP/s peak = 0.01; a step of
+    # 10 s training 2e4 tokens: 6 * 1e9 * 2e4 / 10 = 1.2e13 FLOP/s = 0.12
+    out = model_flops_utilisation({"generation_tokens_per_s": 500.0, "step_s": 10.0}, 10**9, 2e4, 100.0)
+    assert out == pytest.approx({"sampling": 0.01, "step": 0.12})

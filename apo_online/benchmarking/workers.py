@@ -156,3 +156,14 @@ def ratios(summary: dict, memory_key: str, memory_name: str) -> dict[str, float]
                 out[f"apo_ppo_refit{suffix}/apo_ppo_refit peak RSS"] = other["peak_rss_mb"] / base["peak_rss_mb"]
                 out[f"apo_ppo_refit{suffix}/apo_ppo_refit step time"] = other["step_s"] / base["step_s"]
     return out
+
+
+def model_flops_utilisation(summary: dict, parameters: int, trained_tokens_per_step: float,
+                            peak_tflops: float) -> dict[str, float]:
+    """Model FLOPs utilisation of one variant's medians, by the conventional count (Kaplan et al. 2020: 2N FLOPs per
+    token through a forward pass, 6N per token trained; attention and LoRA's cheaper backward ignored, the same
+    count on both sides so that the ratio is fair):
+    sampling = 2 N x generation tokens/s / peak; step = 6 N x trained tokens per step / step time / peak."""
+    peak = peak_tflops * 1e12
+    return {"sampling": 2 * parameters * summary["generation_tokens_per_s"] / peak,
+            "step": 6 * parameters * trained_tokens_per_step / summary["step_s"] / peak}
