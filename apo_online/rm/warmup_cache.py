@@ -31,7 +31,7 @@ import torch
 from apo_online.assets import cache_root, file_lock
 from apo_online.run.checkpoint import rng_state, set_rng_state
 
-# base RMs shipped with the package, named by cache key (eval/ship_base_rm.py writes them): the default recipe's,
+# base RMs shipped with the package, named by cache key (scripts/ship_base_rm.py writes them): the default recipe's,
 # so that the README's first run skips its warm-up
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "testbeds" / "base_rm"
 CACHE_VERSION = "1"  # bump when the warm-up computes something else from the same inputs
@@ -45,8 +45,8 @@ def warm_up_reward_model(game, show_progress: bool) -> dict[str, float]:
     if not (rm.warmup_cache or rm.shipped_base_rm):
         return step.warmup(show_progress=show_progress)
     if game.accelerator.num_processes > 1 or game.reward_model is not None:
-        logger.info("rm.warmup_cache / rm.shipped_base_rm work with one process and the shared reward adapter; "
-                    "warming up as usual")
+        if rm.warmup_cache:  # asked for; the shipped entry is on by default and need not be announced
+            logger.info("rm.warmup_cache works with one process and the shared reward adapter; warming up as usual")
         return step.warmup(show_progress=show_progress)
     key = cache_key(game)
     shipped = SHIPPED_DIR / f"{key}.pt"
