@@ -71,7 +71,8 @@ def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None)
         print(f"aborted: {err or 'interrupted'}", file=sys.stderr)
         return 130
     if game.stop_signal is not None:
-        print(f"stopped by signal {game.stop_signal} after step {game.step}; checkpoint: {game.last_checkpoint}; "
+        where = f"after step {game.step}" if game.warmed_up else "during the RM warm-up"
+        print(f"stopped by signal {game.stop_signal} {where}; checkpoint: {game.last_checkpoint}; "
               f"continue with --game.resume_from_checkpoint latest", file=sys.stderr)
         return 128 + int(game.stop_signal)
     if game.accelerator.is_main_process:

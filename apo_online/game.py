@@ -44,7 +44,7 @@ from apo_online.optimizers.base import build_policy_optimizer
 from apo_online.rm.apo_step import AdversarialRewardStep, SampleBuffer, untrained_rm_reason
 from apo_online.rm.scorers import SeparateRewardScorer, SharedRewardScorer, load_separate_reward_model
 from apo_online.policy_reward.config import build_reward, parse_reward_terms
-from apo_online.rollout import collect_rollout
+from apo_online.rollout import collect_rollout, objective_metrics
 from apo_online.run.directory import claim_run_directory
 from apo_online.run.log import MetricsLog, flat_hparams, progress_postfix
 from apo_online.run.stopping import StopRequests
@@ -190,11 +190,8 @@ class APOGame:
 
     def _play(self) -> dict[str, float]:
         g = self.config.game
-        if not self.warmed_up:  # 0. RM warm-up
-            warmup = warm_up_reward_model(self, show_progress=self.accelerator.is_main_process) if self.uses_rm else {}
-            start = self.evaluate() if g.eval_at_start else {}  # the policy is still the reference here
-            self._log(warmup | self.data_metrics() | start, step=0)
-            self.warmed_up = True
+        if not self.warmed_up and not self._warm_up():
+            return {}
         metrics: dict[str, float] = {}
         bar = tqdm(total=g.total_steps, initial=self.step, desc="APO game", disable=not self.accelerator.is_main_process)
         with bar:
@@ -213,6 +210,21 @@ class APOGame:
             if self._checkpoint_step != self.step:  # not already saved by the periodic cadence
                 self._checkpoint("signal")
         return metrics
+
+    def _warm_up(self) -> bool:
+        """0. The RM warm-up and the evaluation at the start (step 0); False when a stop signal ended the warm-up at
+        a step boundary, with a checkpoint from which a resume plays its remaining steps."""
+        warmup = (warm_up_reward_model(self, self.accelerator.is_main_process, should_stop=self._stop_agreed)
+                  if self.uses_rm else {})
+        if warmup is None:
+            logger.warning("stopped by signal %d during the RM warm-up (after %d of its %d steps)", self.stop_signal,
+                           self.rm_step.warmup_done, self.rm_step.warmup_steps())
+            self._checkpoint("signal")
+            return False
+        start = self.evaluate() if self.config.game.eval_at_start else {}  # the policy is still the reference here
+        self._log(warmup | self.data_metrics() | start, step=0)
+        self.warmed_up = True
+        return True
 
     def _checkpoint(self, reason: str) -> None:
         self.last_checkpoint = save_checkpoint(self, self.step, reason, keep_last=self.config.game.keep_last_checkpoints)
@@ -336,18 +348,4 @@ class APOGame:
         if self.run_lock is not None:  # what a refused second run will be told
             self.run_lock.note(f"stopping after signal {signum}: finishing its current step, then writing a "
                                f"checkpoint")
-
-
-def objective_metrics(rollout) -> dict[str, float]:
-    """What every policy optimizer's rollout is logged with: its scores (objective/rm_scores before the missing-EOS
-    penalty), each reward term (reward/<name>) and their weighted sum (reward/total, = objective/rm_scores), and with
-    reference log-probs the sequence KL to the reference (k1, at the sampling temperature) and the entropy estimate."""
-    metrics = {"objective/scores": rollout.scores.mean().item(), "objective/rm_scores": rollout.rm_scores.mean().item()}
-    if rollout.term_scores:
-        metrics["reward/total"] = metrics["objective/rm_scores"]
-        metrics.update({f"reward/{name}": values.mean().item() for name, values in rollout.term_scores.items()})
-    if rollout.ref_logprobs is not None:
-        metrics["objective/kl"] = (rollout.logprobs - rollout.ref_logprobs).sum(1).mean().item()
-        metrics["objective/entropy"] = (-rollout.logprobs.sum(1)).mean().item()
-    return metrics
 

@@ -133,3 +133,17 @@ def collect_rollout(ctx, prompts: list[EncodedPrompt], positions: list[int], rol
         ref_logprobs=out["reference"] * response_mask if "reference" in out else None,
         values=out["value"] * response_mask if "value" in out else None,
     )
+
+
+def objective_metrics(rollout) -> dict[str, float]:
+    """What every policy optimizer's rollout is logged with: its scores (objective/rm_scores before the missing-EOS
+    penalty), each reward term (reward/<name>) and their weighted sum (reward/total, = objective/rm_scores), and with
+    reference log-probs the sequence KL to the reference (k1, at the sampling temperature) and the entropy estimate."""
+    metrics = {"objective/scores": rollout.scores.mean().item(), "objective/rm_scores": rollout.rm_scores.mean().item()}
+    if rollout.term_scores:
+        metrics["reward/total"] = metrics["objective/rm_scores"]
+        metrics.update({f"reward/{name}": values.mean().item() for name, values in rollout.term_scores.items()})
+    if rollout.ref_logprobs is not None:
+        metrics["objective/kl"] = (rollout.logprobs - rollout.ref_logprobs).sum(1).mean().item()
+        metrics["objective/entropy"] = (-rollout.logprobs.sum(1)).mean().item()
+    return metrics

@@ -176,11 +176,11 @@ def test_user_registered_optimizer_plays_through_the_game(tiny_config, single_ac
 
 
 def test_the_game_logs_the_objective_of_every_optimizer_by_hand():
-    """objective/* from the rollout alone (game.objective_metrics), whatever the optimizer; KL only with reference
+    """objective/* from the rollout alone (rollout.objective_metrics), whatever the optimizer; KL only with reference
     log-probs (RJS has none)."""
     from types import SimpleNamespace
 
-    from apo_online.game import objective_metrics
+    from apo_online.rollout import objective_metrics
 
     rollout = SimpleNamespace(scores=torch.tensor([1.0, -2.0]), rm_scores=torch.tensor([1.0, -1.0]),
                               logprobs=torch.tensor([[-1.0, -2.0], [-0.5, 0.0]]),

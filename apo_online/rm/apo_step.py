@@ -138,6 +138,8 @@ class AdversarialRewardStep:
         self.rng = random.Random(seed)
         self.base_state: dict[str, torch.Tensor] | None = None
         self.updates = 0
+        # a warm-up stopped by a signal resumes from here: its steps done and its metrics' running means so far
+        self.warmup_done, self.warmup_totals = 0, {}
 
     # ---------------------------------------------------------------------------------------------------------------
     def _draw_pairs(self) -> list[EncodedPair]:
@@ -228,37 +230,57 @@ class AdversarialRewardStep:
                 slices.append((groups[:1], pairs[:1], 0.0, 0.0))
         return slices
 
-    def _train(self, steps: int, groups: list, progress: str | None = None) -> dict[str, float]:
-        """steps RM optimizer steps, each on rm.queries_per_step of `groups` and rm.pairs_per_step human pairs;
-        progress: a bar's description (long runs such as the warm-up), None for none."""
+    def _train_step(self, groups: list) -> dict[str, float]:
+        """One RM optimizer step on rm.queries_per_step of `groups` and rm.pairs_per_step human pairs; its metrics.
+        Inside ctx.phase(("reward",))."""
+        step_groups = self._draw_groups(groups) if groups else []
+        micro_batches = self._micro_batches(step_groups, self._draw_pairs())
+        metrics: dict[str, float] = {}
+        for k, (group_slice, pair_slice, apo_share, pref_share) in enumerate(micro_batches):
+            with self.ctx.micro_batch(is_last=k == len(micro_batches) - 1):
+                loss, part = self.loss(group_slice, pair_slice, apo_share, pref_share)
+                self.ctx.backward(loss)
+            for key, value in part.items():
+                metrics[key] = metrics.get(key, 0.0) + value
+        metrics["rm/grad_norm"] = self.ctx.optimizer_step()["grad_norm"]
+        return metrics
+
+    def _train(self, steps: int, groups: list) -> dict[str, float]:
+        """steps RM optimizer steps on `groups` and human pairs; the means of their metrics."""
         totals: dict[str, float] = {}
         with self.ctx.phase(("reward",)):
-            for _ in tqdm(range(steps), desc=progress, disable=progress is None, leave=False):
-                step_groups = self._draw_groups(groups) if groups else []
-                micro_batches = self._micro_batches(step_groups, self._draw_pairs())
-                metrics: dict[str, float] = {}
-                for k, (group_slice, pair_slice, apo_share, pref_share) in enumerate(micro_batches):
-                    with self.ctx.micro_batch(is_last=k == len(micro_batches) - 1):
-                        loss, part = self.loss(group_slice, pair_slice, apo_share, pref_share)
-                        self.ctx.backward(loss)
-                    for key, value in part.items():
-                        metrics[key] = metrics.get(key, 0.0) + value
-                metrics["rm/grad_norm"] = self.ctx.optimizer_step()["grad_norm"]
-                for key, value in metrics.items():
-                    totals[key] = totals.get(key, 0.0) + value / steps
+            for _ in range(steps):
+                add_mean(totals, self._train_step(groups), steps)
         return totals
 
     # ---------------------------------------------------------------------------------------------------------------
     def warmup_steps(self) -> int:
         return warmup_step_count(self.cfg, len(self.pairs), self.ctx.accelerator.num_processes)
 
-    def warmup(self, steps: int | None = None, show_progress: bool = False) -> dict[str, float]:
+    def warmup(self, steps: int | None = None, show_progress: bool = False,
+               should_stop=None) -> dict[str, float] | None:
         """Bradley-Terry training on human pairs before the game (None: self.warmup_steps()); its result is the base RM
-        of refit mode."""
+        of refit mode; returns the means of its metrics.
+
+        should_stop() is asked before each step (a collective under several processes: each asks it equally often);
+        when it says True the warm-up ends early and returns None, its progress kept in this object's state, so
+        that after a checkpoint and a resume the next call plays the remaining steps as one warm-up would have."""
         steps = self.warmup_steps() if steps is None else steps
-        metrics = self._train(steps, [], "RM warm-up" if show_progress else None) if steps and self.pairs else {}
+        if steps and self.pairs:
+            with self.ctx.phase(("reward",)):
+                for _ in tqdm(range(self.warmup_done, steps), desc="RM warm-up", disable=not show_progress,
+                              leave=False, initial=self.warmup_done, total=steps):
+                    if should_stop is not None and should_stop():
+                        return None
+                    add_mean(self.warmup_totals, self._train_step([]), steps)
+                    self.warmup_done += 1
         self.snapshot_base()
-        return {k.replace("rm/", "rm_warmup/"): v for k, v in metrics.items()}
+        return {k.replace("rm/", "rm_warmup/"): v for k, v in self.warmup_totals.items()}
+
+    @property
+    def warmup_in_progress(self) -> bool:
+        """A warm-up stopped part-way (by a signal or a fault), not yet finished: its partial RM is in the weights."""
+        return self.warmup_done > 0 and self.base_state is None
 
     def snapshot_base(self) -> None:
         self.base_state = self.scorer.weights()
@@ -283,8 +305,17 @@ class AdversarialRewardStep:
         return metrics
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.getstate(), "base_state": self.base_state, "updates": self.updates}
+        return {"rng": self.rng.getstate(), "base_state": self.base_state, "updates": self.updates,
+                "warmup_done": self.warmup_done, "warmup_totals": dict(self.warmup_totals)}
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.setstate(state["rng"])
         self.base_state, self.updates = state["base_state"], state["updates"]
+        # older checkpoints have neither (their warm-up had finished, or restarts from its first step)
+        self.warmup_done, self.warmup_totals = state.get("warmup_done", 0), dict(state.get("warmup_totals", {}))
+
+
+def add_mean(totals: dict[str, float], metrics: dict[str, float], steps: int) -> None:
+    """Accumulate one step's metrics into running means over `steps` steps (in place)."""
+    for key, value in metrics.items():
+        totals[key] = totals.get(key, 0.0) + value / steps

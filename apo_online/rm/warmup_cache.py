@@ -38,16 +38,26 @@ CACHE_VERSION = "1"  # bump when the warm-up computes something else from the sa
 logger = logging.getLogger(__name__)
 
 
-def warm_up_reward_model(game, show_progress: bool) -> dict[str, float]:
+def warm_up_reward_model(game, show_progress: bool, should_stop=None) -> dict[str, float] | None:
     """The game's RM warm-up (the base RM): the shipped entry when it matches, else through the cache when
-    rm.warmup_cache is on, else computed; returns its metrics."""
+    rm.warmup_cache is on, else computed; returns its metrics, or None when should_stop ended a computed warm-up
+    early (AdversarialRewardStep.warmup)."""
     step, rm = game.rm_step, game.config.rm
+
+    def compute():
+        return step.warmup(show_progress=show_progress, should_stop=should_stop)
+
     if not (rm.warmup_cache or rm.shipped_base_rm):
-        return step.warmup(show_progress=show_progress)
+        return compute()
+    if step.warmup_in_progress:  # resumed after a stop part-way: the weights are no longer the cache key's input
+        metrics = compute()
+        if metrics is not None and rm.warmup_cache:  # as a computed warm-up of the cache leaves it (below)
+            game.ctx.reset_role_optimizer_state("reward")
+        return metrics
     if game.accelerator.num_processes > 1 or game.reward_model is not None:
         if rm.warmup_cache:  # asked for; the shipped entry is on by default and need not be announced
             logger.info("rm.warmup_cache works with one process and the shared reward adapter; warming up as usual")
-        return step.warmup(show_progress=show_progress)
+        return compute()
     key = cache_key(game)
     shipped = SHIPPED_DIR / f"{key}.pt"
     # a warm-up's optimizer moments survive into the game only in continue mode: there a loaded entry (which has
@@ -55,12 +65,14 @@ def warm_up_reward_model(game, show_progress: bool) -> dict[str, float]:
     if rm.shipped_base_rm and shipped.is_file() and (rm.mode == "refit" or rm.update_every == 0):
         return load_entry(step, shipped, "shipped with the package")
     if not rm.warmup_cache:
-        return step.warmup(show_progress=show_progress)
+        return compute()
     path = cache_root(game.config.model.cache_dir) / "base-rm" / f"{key}.pt"
     with file_lock(path.with_suffix(".lock")):  # two runs of one seed started together warm up once
         if path.is_file():
             return load_entry(step, path, "from the warm-up cache")
-        metrics = step.warmup(show_progress=show_progress)
+        metrics = compute()
+        if metrics is None:  # stopped part-way: nothing to cache; the resumed run finishes it uncached
+            return None
         game.ctx.reset_role_optimizer_state("reward")
         save_entry(step, metrics, path)
         logger.info("base RM saved to the warm-up cache %s", path)
