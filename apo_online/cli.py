@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from apo_online.allocator import allocator_in_use
 from apo_online.config import load_config
 from apo_online.errors import BAD_INPUT, GAME_FAULTS
 from apo_online.run.stopping import follow_launcher
@@ -59,6 +60,7 @@ def main(argv: list[str], default_yaml: str | Path | None = None, game_cls=None)
         if game_cls is None:
             from apo_online.game import APOGame as game_cls
         started = time.perf_counter()
+        log.info("memory allocator: %s", allocator_in_use())
         game = game_cls(config)
         metrics = game.run()
     except (*BAD_INPUT, FileNotFoundError) as err:

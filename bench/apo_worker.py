@@ -22,6 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's apo_online, not an installed copy
 
+from apo_online.allocator import use_preferred_allocator  # noqa: E402 (standard library only)
+
+use_preferred_allocator()  # as the recipes run: tcmalloc/jemalloc when installed (variant *_glibc: the system's)
+
 from apo_online.benchmarking.apo_game import (build_game, game_parser, offline_environment,  # noqa: E402
                                               peak_cuda_mb, peak_rss_mb)
 

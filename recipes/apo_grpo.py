@@ -15,6 +15,10 @@ from pathlib import Path
 # run as a file: import this checkout's package (an installed copy, if any, comes second)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from apo_online.allocator import use_preferred_allocator  # noqa: E402 (standard library only)
+
+use_preferred_allocator()  # tcmalloc/jemalloc when installed: a re-exec, before anything heavy loads
+
 from apo_online.cli import main  # noqa: E402
 from apo_online.recipes import recipe_yaml  # noqa: E402
 

@@ -45,8 +45,9 @@ def test_merged_sampling_and_allocator_ratios_against_the_refit_variant():
     assert out["apo_ppo_refit_jemalloc/apo_ppo_refit peak RSS"] == pytest.approx(0.8)
     assert out["apo_ppo_refit_jemalloc/apo_ppo_refit step time"] == pytest.approx(1.1)
     assert "apo_ppo_refit_tcmalloc/apo_ppo_refit peak RSS" not in out
-    assert worker_env("apo_ppo_refit_jemalloc") == {"LD_PRELOAD": "libjemalloc.so.2"}
-    assert worker_env("apo_ppo_refit_arena2") == {"MALLOC_ARENA_MAX": "2"}
+    assert worker_env("apo_ppo_refit_jemalloc") == {"APO_ONLINE_ALLOCATOR": "jemalloc"}
+    assert worker_env("apo_ppo_refit_glibc") == {"APO_ONLINE_ALLOCATOR": "system"}
+    assert worker_env("apo_ppo_refit_arena2") == {"APO_ONLINE_ALLOCATOR": "system", "MALLOC_ARENA_MAX": "2"}
     assert worker_env("apo_ppo_refit") == {}
     assert worker_env("trl_ppo_fixed_mmap") == {"MALLOC_MMAP_THRESHOLD_": "131072"}
 

@@ -21,7 +21,8 @@ APO_WORKER = "bench/apo_worker.py"  # relative to the checkout root, run_worker'
 TRL_WORKER = "bench/trl_worker.py"
 TRL_VERSION = "1.12.0"  # the last TRL release with PPOTrainer
 DEFAULT_VARIANTS = ("apo_ppo_frozen_rm", "apo_ppo_refit", "trl_ppo", "trl_ppo_peft")
-VARIANTS = DEFAULT_VARIANTS + ("apo_ppo_refit_plain", "apo_ppo_refit_unmerged", "apo_ppo_refit_jemalloc",
+VARIANTS = DEFAULT_VARIANTS + ("apo_ppo_refit_plain", "apo_ppo_refit_unmerged", "apo_ppo_refit_glibc",
+                                "apo_ppo_refit_jemalloc",
                                 "apo_ppo_refit_tcmalloc", "apo_ppo_refit_arena2", "trl_ppo_fixed_mmap",
                                 "trl_ppo_peft_fixed_mmap")
 TRL_VARIANTS = ("trl_ppo", "trl_ppo_peft", "trl_ppo_fixed_mmap", "trl_ppo_peft_fixed_mmap")
@@ -32,15 +33,18 @@ APO_VARIANTS = {"apo_ppo_frozen_rm": ("apo_ppo_frozen_rm", []), "apo_ppo_refit":
                 "apo_ppo_refit_plain": ("apo_ppo_refit", ["--set", "rm.shared_prefix=false"]),
                 "apo_ppo_refit_unmerged": ("apo_ppo_refit", ["--set", "rollout.merged_sampling=false"]),
                 # the same game under another allocator (worker_env): only the process's memory handling differs
+                "apo_ppo_refit_glibc": ("apo_ppo_refit", []),
                 "apo_ppo_refit_jemalloc": ("apo_ppo_refit", []), "apo_ppo_refit_tcmalloc": ("apo_ppo_refit", []),
                 "apo_ppo_refit_arena2": ("apo_ppo_refit", [])}
 # glibc reads this at start-up (a fixed threshold: freed large blocks go back to the OS); apo variants take it too
 FIXED_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-# variant suffix -> environment: an allocator preloaded by soname (Debian's libjemalloc2 and libtcmalloc-minimal4;
-# the dynamic linker finds them on its default path, and a missing one makes the worker fail), or glibc's arenas capped
-ALLOCATOR_ENV = {"_jemalloc": {"LD_PRELOAD": "libjemalloc.so.2"},
-                 "_tcmalloc": {"LD_PRELOAD": "libtcmalloc_minimal.so.4"},
-                 "_arena2": {"MALLOC_ARENA_MAX": "2"}}
+# variant suffix -> environment. The apo worker starts as the recipes do (apo_online/allocator.py: tcmalloc, else
+# jemalloc, when installed; so apo_ppo_refit runs under what a user's run gets): _glibc keeps glibc's malloc, _jemalloc
+# and _tcmalloc name one (a missing one makes the worker fail), _arena2 is glibc's malloc with its arenas capped
+ALLOCATOR_ENV = {"_glibc": {"APO_ONLINE_ALLOCATOR": "system"},
+                 "_jemalloc": {"APO_ONLINE_ALLOCATOR": "jemalloc"},
+                 "_tcmalloc": {"APO_ONLINE_ALLOCATOR": "tcmalloc"},
+                 "_arena2": {"APO_ONLINE_ALLOCATOR": "system", "MALLOC_ARENA_MAX": "2"}}
 
 
 def venv_python(venv: Path) -> Path:
