@@ -36,6 +36,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))  # this checkout's apo_online, not an installed copy
 
+from apo_online.benchmarking.apo_game import game_settings  # noqa: E402 (light: argparse and the recipe names)
 from apo_online.benchmarking.workers import (APO_VARIANTS, APO_WORKER, DEFAULT_VARIANTS, TRL_VARIANTS,  # noqa: E402
                                              VARIANTS, model_flops_utilisation, ratios, run_worker, summarize,
                                              trl_command, worker_env)
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             results["runs"].setdefault(shape, {})[variant] = [result]
             summary = {v: summarize(runs) for v, runs in results["runs"][shape].items()}
-            tokens = trained_tokens(assets, prompts, new_tokens, ppo_epochs=1)  # apo_worker's default --ppo-epochs
+            tokens = trained_tokens(assets, prompts, new_tokens, game_settings().ppo_epochs)  # the worker's own
             for name, figures in summary.items():
                 figures["mfu"] = model_flops_utilisation(figures, results["shapes"][shape]["parameters"], tokens,
                                                          args.peak_tflops)

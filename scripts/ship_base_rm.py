@@ -20,11 +20,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import this checkout's package, not an installed copy
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from apo_online.assets import cache_root  # noqa: E402
 from apo_online.config import load_config  # noqa: E402
 from apo_online.game import APOGame  # noqa: E402
 from apo_online.recipes import recipe_yaml  # noqa: E402
-from apo_online.rm.warmup_cache import SHIPPED_DIR, cache_key, warm_up_reward_model  # noqa: E402
+from apo_online.rm.warmup_cache import (SHIPPED_DIR, cache_entry_path, cache_key,  # noqa: E402
+                                        warm_up_reward_model)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> Path:
         game = APOGame(config)
         key = cache_key(game)
         warm_up_reward_model(game, show_progress=True)
-    cached = cache_root(config.model.cache_dir) / "base-rm" / f"{key}.pt"
+    cached = cache_entry_path(config.model.cache_dir, key)
     SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
     for old in SHIPPED_DIR.glob("*.pt"):
         old.unlink()

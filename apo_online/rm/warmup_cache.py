@@ -58,15 +58,18 @@ def warm_up_reward_model(game, show_progress: bool, should_stop=None) -> dict[st
         if rm.warmup_cache:  # asked for; the shipped entry is on by default and need not be announced
             logger.info("rm.warmup_cache works with one process and the shared reward adapter; warming up as usual")
         return compute()
-    key = cache_key(game)
-    shipped = SHIPPED_DIR / f"{key}.pt"
     # a warm-up's optimizer moments survive into the game only in continue mode: there a loaded entry (which has
     # none) would not play as the computed warm-up does, so the shipped one is for refit or frozen games only
-    if rm.shipped_base_rm and shipped.is_file() and (rm.mode == "refit" or rm.update_every == 0):
+    may_ship = rm.shipped_base_rm and (rm.mode == "refit" or rm.update_every == 0) and any(SHIPPED_DIR.glob("*.pt"))
+    if not (may_ship or rm.warmup_cache):  # no entry can apply: skip hashing the weights and pairs
+        return compute()
+    key = cache_key(game)
+    shipped = SHIPPED_DIR / f"{key}.pt"
+    if may_ship and shipped.is_file():
         return load_entry(step, shipped, "shipped with the package")
     if not rm.warmup_cache:
         return compute()
-    path = cache_root(game.config.model.cache_dir) / "base-rm" / f"{key}.pt"
+    path = cache_entry_path(game.config.model.cache_dir, key)
     with file_lock(path.with_suffix(".lock")):  # two runs of one seed started together warm up once
         if path.is_file():
             return load_entry(step, path, "from the warm-up cache")
@@ -77,6 +80,11 @@ def warm_up_reward_model(game, show_progress: bool, should_stop=None) -> dict[st
         save_entry(step, metrics, path)
         logger.info("base RM saved to the warm-up cache %s", path)
         return metrics
+
+
+def cache_entry_path(cache_dir: str | None, key: str) -> Path:
+    """Where rm.warmup_cache keeps the entry of `key` (model.cache_dir, else the default cache root)."""
+    return cache_root(cache_dir) / "base-rm" / f"{key}.pt"
 
 
 def load_entry(step, path: Path, where: str) -> dict[str, float]:
