@@ -14,9 +14,11 @@ data.num_eval_prompts held-out prompts x game.eval_samples_per_prompt samples (f
 game.save_every steps: a stopped study continues where it stopped (each run resumes from its latest checkpoint).
 Other arguments are config overrides for every arm. `summarise` reads the metrics.jsonl of every run under --runs
 (several folders merge: a study spread over sittings), and writes summary.json, frontier.png, curves.png: per arm
-and seed the final and peak gold score, KL and the RM's agreement with the judge on fresh pairs; paired differences
-over seeds (mean, 95% t-interval, sign test, minimum detectable effect) at the last step and on the gold-vs-sqrt(KL)
-frontier (Gao et al. 2022), where each seed's curve is read at the same sqrt(KL) for both arms.
+and seed the final and peak gold score, KL, the RM's agreement with the judge on fresh pairs, and the final EOS
+fraction and response length (the mechanism: APO once taught the policy to stop finishing); paired differences over
+seeds (mean, 95% t-interval, sign test, minimum detectable effect) at the last step, on the gold-vs-sqrt(KL)
+frontier (Gao et al. 2022), where each seed's curve is read at the same sqrt(KL) for both arms, and of the final EOS
+fraction and length ("mechanism").
 """
 
 from __future__ import annotations
@@ -163,6 +165,9 @@ def arm_summary(seed_runs: dict[int, list[dict]]) -> dict:
             "peak_gold": [max(r["eval/gold_score"] for r in seed_runs[s]) for s in seeds],
             "start_gold": [seed_runs[s][0]["eval/gold_score"] for s in seeds],
             "kl": [r["eval/kl"] for r in last], "final_step": [r["step"] for r in last],
+            # the mechanism to read when an effect is absent or negative: does the policy still finish, how long
+            "final_eos_fraction": [r.get("eval/eos_fraction", math.nan) for r in last],
+            "final_response_length": [r.get("eval/response_length", math.nan) for r in last],
             "eval_steps": [[r["step"] for r in seed_runs[s]] for s in seeds],
             "rm_judge_agreement": [float(a) for a in agreement]}
 
@@ -177,7 +182,7 @@ def paired(differences: list[float]) -> dict:
 
 def summarise(runs: dict[str, dict[int, list[dict]]]) -> dict:
     arms = {arm: arm_summary(seed_runs) for arm, seed_runs in sorted(runs.items())}
-    result = {"arms": arms, "paired": {}, "frontier": {}, "gao_fits": {}}
+    result = {"arms": arms, "paired": {}, "frontier": {}, "mechanism": {}, "gao_fits": {}}
     for arm, seed_runs in runs.items():
         points = [frontier_points(e) for e in seed_runs.values()]
         d, gain = np.concatenate([p[0] for p in points]), np.concatenate([p[1] for p in points])
@@ -188,6 +193,10 @@ def summarise(runs: dict[str, dict[int, list[dict]]]) -> dict:
         seeds = sorted(set(runs[treated]) & set(runs[control]))
         final = [runs[treated][s][-1]["eval/gold_score"] - runs[control][s][-1]["eval/gold_score"] for s in seeds]
         result["paired"][f"{treated}-{control}"] = paired(final) | {"seeds": seeds, "metric": "final gold score"}
+        result["mechanism"][f"{treated}-{control}"] = {
+            key: paired([runs[treated][s][-1].get(f"eval/{key}", math.nan)
+                         - runs[control][s][-1].get(f"eval/{key}", math.nan) for s in seeds]) | {"seeds": seeds}
+            for key in ("eos_fraction", "response_length")}
         # on the frontier: both arms read at the largest sqrt(KL) that both runs of the seed reached
         reach = [min(max(frontier_points(runs[a][s])[0]) for a in (treated, control)) for s in seeds]
         at_d = [gold_at(runs[treated][s], d) - gold_at(runs[control][s], d) for s, d in zip(seeds, reach)]
@@ -229,14 +238,17 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 def format_report(result: dict) -> str:
-    lines = [f"{'arm':16}{'seeds':>6}{'final gold':>12}{'peak gold':>11}{'KL':>8}{'RM-judge agr.':>15}"]
+    lines = [f"{'arm':16}{'seeds':>6}{'final gold':>12}{'peak gold':>11}{'KL':>8}{'RM-judge agr.':>15}"
+             f"{'EOS frac.':>11}{'length':>8}"]
     for arm, s in result["arms"].items():
         lines.append(f"{arm:16}{len(s['seeds']):>6}{np.mean(s['final_gold']):>12.3f}{np.mean(s['peak_gold']):>11.3f}"
-                     f"{np.mean(s['kl']):>8.2f}{np.nanmean(s['rm_judge_agreement']):>15.3f}")
-    for kind in ("paired", "frontier"):
-        for name, p in result[kind].items():
-            lines.append(f"{kind:9}{name:28} {p['mean']:+.3f}  95% CI [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]  "
-                         f"sign p {p['sign_test_p']:.3f}  n {p['n_seeds']}  MDE {p['min_detectable_effect']:.3f}")
+                     f"{np.mean(s['kl']):>8.2f}{np.nanmean(s['rm_judge_agreement']):>15.3f}"
+                     f"{np.nanmean(s['final_eos_fraction']):>11.3f}{np.nanmean(s['final_response_length']):>8.1f}")
+    rows = [(kind, name, p) for kind in ("paired", "frontier") for name, p in result[kind].items()]
+    rows += [(key, name, p) for name, keys in result["mechanism"].items() for key, p in keys.items()]
+    for kind, name, p in rows:
+        lines.append(f"{kind:16}{name:28} {p['mean']:+.3f}  95% CI [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]  "
+                     f"sign p {p['sign_test_p']:.3f}  n {p['n_seeds']}  MDE {p['min_detectable_effect']:.3f}")
     return "\n".join(lines)
 
 

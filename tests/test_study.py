@@ -10,9 +10,9 @@ import pytest
 from conftest import tiny_overrides
 
 
-def _evals(kls, golds, start_step=0):
-    return [{"step": start_step + k, "eval/kl": kl, "eval/gold_score": g, "eval/rm_accuracy_on_policy": 0.5}
-            for k, (kl, g) in enumerate(zip(kls, golds))]
+def _evals(kls, golds, start_step=0, eos=0.8, length=12.0):
+    return [{"step": start_step + k, "eval/kl": kl, "eval/gold_score": g, "eval/rm_accuracy_on_policy": 0.5,
+             "eval/eos_fraction": eos, "eval/response_length": length} for k, (kl, g) in enumerate(zip(kls, golds))]
 
 
 def test_gold_at_reads_the_frontier_by_linear_interpolation():
@@ -35,9 +35,15 @@ def test_gao_fit_recovers_known_coefficients():
 def test_paired_summary_by_hand():
     from eval.study import summarise
 
-    runs = {"apo_ppo": {s: _evals([0.0, 1.0], [-4.0, -4.0 + g]) for s, g in zip(range(1, 6), [1, 2, 3, 4, 5])},
+    runs = {"apo_ppo": {s: _evals([0.0, 1.0], [-4.0, -4.0 + g], eos=0.5 + s / 100, length=14.0)
+                        for s, g in zip(range(1, 6), [1, 2, 3, 4, 5])},
             "frozen_ppo": {s: _evals([0.0, 1.0], [-4.0, -4.0]) for s in range(1, 6)}}
     result = summarise(runs)
+    mechanism = result["mechanism"]["apo_ppo-frozen_ppo"]  # 0.51..0.55 against 0.8: finishes less, 2 tokens longer
+    assert mechanism["eos_fraction"]["mean"] == pytest.approx(-0.27)
+    assert mechanism["eos_fraction"]["sign_test_p"] == pytest.approx(2 / 32)
+    assert mechanism["response_length"]["mean"] == pytest.approx(2.0)
+    assert result["arms"]["apo_ppo"]["final_eos_fraction"] == pytest.approx([0.51, 0.52, 0.53, 0.54, 0.55])
     final = result["paired"]["apo_ppo-frozen_ppo"]
     half = 2.776445 * math.sqrt(2.5) / math.sqrt(5)  # d = 1..5: mean 3, sd sqrt(2.5), t_{4, 0.975}
     assert final["mean"] == pytest.approx(3.0) and final["ci95"] == pytest.approx([3 - half, 3 + half], abs=1e-5)
