@@ -80,7 +80,7 @@ def _cache_argument(decoder_class: type) -> str:
 
 
 class SharedPrefix(NamedTuple):
-    """Prompts that several rows share, scored once (reward role only; SharedBackbone.forward's `prefix`).
+    """Prompts that several rows share, scored once (SharedBackbone.forward's `prefix`).
 
     input_ids, attention_mask: [G, P] the distinct prompts, left-padded; rows: [B] which prompt (0..G-1) each row of
     responses continues."""
@@ -233,18 +233,14 @@ class SharedBackbone(nn.Module):
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return self.reward_head(pooled.to(self.reward_head.weight.dtype)).squeeze(-1).float()
 
-    def _reward_with_prefix(self, response_ids: torch.Tensor, response_mask: torch.Tensor,
-                            prefix: SharedPrefix, drop_last: tuple[int, ...] = (0,)) -> torch.Tensor:
-        """The reward role on prompt + response rows, each distinct prompt run once: its keys and values are gathered
-        for every row that continues it, and the gradients of all those rows flow back through the gather into the
-        one prompt forward. Same scores and gradients as the joined rows, up to float rounding (tests/test_backbone.py).
-
-        response_ids, response_mask: [B, R] right-padded -> [B], or [B, K] for K values of drop_last: each row read
-        as if its last d response tokens were not there (a causal model's earlier positions never see later tokens,
-        so one forward gives them all)."""
+    def _prefix_hidden(self, role: str, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                       prefix: SharedPrefix):
+        """`role`'s hidden states on prompt + response rows, each distinct prompt run once: its keys and values are
+        gathered for every row that continues it, and the gradients of all those rows flow back through the gather
+        into the one prompt forward. -> (the prompts' hidden states [G, P, H], the responses' [B, R, H])."""
         decoder = self.peft_model.get_base_model().get_decoder()
         cache_name = _cache_argument(type(decoder))
-        with self.role("reward"):
+        with self.role(role):
             prompt = decoder(input_ids=prefix.input_ids, attention_mask=prefix.attention_mask,
                              position_ids=position_ids_from_mask(prefix.attention_mask), use_cache=True)
             cache = getattr(prompt, cache_name)
@@ -253,12 +249,37 @@ class SharedBackbone(nn.Module):
             positions = position_ids_from_mask(mask)[:, prefix.input_ids.shape[1]:]
             hidden = decoder(input_ids=response_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                              **{cache_name: cache}).last_hidden_state
+        return prompt.last_hidden_state, hidden
+
+    def _role_with_prefix(self, role: str, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                          prefix: SharedPrefix, temperature: float) -> torch.Tensor:
+        """forward's outputs of one role for rows given as a prefix + right-padded responses [B, R]: the same as the
+        joined rows' up to float rounding (tests/test_backbone.py)."""
+        if role == "reward":
+            return self._reward_with_prefix(response_ids, response_mask, prefix)
+        prompt, hidden = self._prefix_hidden(role, response_ids, response_mask, prefix)
+        # the state before each response token: the prompt's last (left-padded: real) position, then the response's
+        before = torch.cat([prompt[prefix.rows, -1:], hidden[:, :-1]], 1)
+        if role == "value":
+            return self.value_head(before.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        logits = self.peft_model.get_base_model().get_output_embeddings()(before)
+        return selective_log_softmax(logits.float(), response_ids, temperature=temperature)
+
+    def _reward_with_prefix(self, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                            prefix: SharedPrefix, drop_last: tuple[int, ...] = (0,)) -> torch.Tensor:
+        """The reward role on prompt + response rows (_prefix_hidden). Same scores and gradients as the joined rows,
+        up to float rounding (tests/test_backbone.py).
+
+        response_ids, response_mask: [B, R] right-padded -> [B], or [B, K] for K values of drop_last: each row read
+        as if its last d response tokens were not there (a causal model's earlier positions never see later tokens,
+        so one forward gives them all)."""
+        prompt, hidden = self._prefix_hidden("reward", response_ids, response_mask, prefix)
         columns = []
         for dropped in drop_last:
             lengths = (response_mask.long().sum(1) - dropped).clamp(min=0)
             scores = self._reward(hidden, (lengths - 1).clamp(min=0))
             if bool((lengths == 0).any()):  # an empty response is read at its prompt's last token, as in a joined row
-                prompt_scores = self._reward(prompt.last_hidden_state[prefix.rows], torch.full_like(lengths, -1))
+                prompt_scores = self._reward(prompt[prefix.rows], torch.full_like(lengths, -1))
                 scores = torch.where(lengths > 0, scores, prompt_scores)
             columns.append(scores)
         return columns[0] if len(columns) == 1 else torch.stack(columns, 1)
@@ -296,16 +317,16 @@ class SharedBackbone(nn.Module):
           "policy", "reference": log pi(y_t | ...) / temperature-scaled, for tokens input_ids[:, P:]  -> [B, L-P]
           "value":  V(s_t) at the state before each response token                               -> [B, L-P]
           "reward": r(x, y) read at the last real token (any padding side; response_start unused)   -> [B]
-        With `prefix` (roles ("reward",) only), input_ids / attention_mask are the right-padded responses [B, R] and
+        With `prefix`, input_ids / attention_mask are the right-padded responses [B, R] (response_start unused) and
         the prompts come from the prefix, each distinct prompt run once.
         """
         if prefix is not None:
-            if tuple(roles) != ("reward",):
-                raise ValueError(f"a shared prefix is for the reward role alone, got roles {roles}")
-            if self.is_gradient_checkpointing:  # checkpointed layers keep no cache: run the rows written out
-                input_ids, attention_mask = self._joined(input_ids, attention_mask, prefix)
-            else:
-                return {"reward": self._reward_with_prefix(input_ids, attention_mask, prefix)}
+            if not self.is_gradient_checkpointing:
+                return {role: self._role_with_prefix(role, input_ids, attention_mask, prefix, temperature)
+                        for role in roles}
+            # checkpointed layers keep no cache: run the rows written out
+            input_ids, attention_mask = self._joined(input_ids, attention_mask, prefix)
+            response_start = prefix.input_ids.shape[1]
         out: dict[str, torch.Tensor] = {}
         needs_start = any(r != "reward" for r in roles)
         if needs_start and (response_start is None or not 0 < response_start < input_ids.shape[1]):

@@ -12,6 +12,7 @@ import torch
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import selective_log_softmax
 
+from apo_online.backbone import SharedPrefix
 from apo_online.data.canonical import EncodedPrompt, left_pad
 from apo_online.policy_reward.terms import Completions, RewardSum
 
@@ -80,6 +81,33 @@ def score_sequences(backbone, input_ids, attention_mask, prompt_length: int, rol
     for start in range(0, input_ids.shape[0], batch_size):
         out = backbone(input_ids[start : start + batch_size], attention_mask[start : start + batch_size],
                        roles=roles, response_start=prompt_length, temperature=temperature)
+        for role in roles:
+            chunks[role].append(out[role])
+    return {role: torch.cat(parts) for role, parts in chunks.items()}
+
+
+@torch.no_grad()
+def score_shared_prompts(backbone, prompt_ids, prompt_mask, responses, response_mask, n: int, roles: tuple[str, ...],
+                         temperature: float, batch_size: int) -> dict[str, torch.Tensor]:
+    """score_sequences' outputs for n responses per prompt, each prompt run once (SharedPrefix): the same up to
+    float rounding, with (n - 1) / n of the prompt tokens saved (at 64 prompt and 24 response tokens, 4 samples a
+    prompt: 0.45 of the tokens). prompt_ids, prompt_mask [G, P] left-padded; responses, response_mask [G*n, R],
+    right-padded, the n responses of each prompt together; chunks of about batch_size rows."""
+    if n == 1 or backbone.is_gradient_checkpointing:  # nothing shared, or no cache to share it through
+        input_ids = torch.cat([prompt_ids.repeat_interleave(n, 0), responses], 1)
+        attention_mask = torch.cat([prompt_mask.repeat_interleave(n, 0), response_mask.long()], 1)
+        return score_sequences(backbone, input_ids, attention_mask, prompt_ids.shape[1], roles, temperature,
+                               batch_size)
+    chunks: dict[str, list[torch.Tensor]] = {role: [] for role in roles}
+    per_chunk = max(1, batch_size // n)
+    for start in range(0, prompt_ids.shape[0], per_chunk):
+        prompts = slice(start, start + per_chunk)
+        rows = slice(start * n, (start + per_chunk) * n)
+        count = prompt_ids[prompts].shape[0]
+        prefix = SharedPrefix(prompt_ids[prompts], prompt_mask[prompts],
+                              torch.arange(count, device=prompt_ids.device).repeat_interleave(n))
+        out = backbone(responses[rows], response_mask[rows].long(), roles=roles, temperature=temperature,
+                       prefix=prefix)
         for role in roles:
             chunks[role].append(out[role])
     return {role: torch.cat(parts) for role, parts in chunks.items()}

@@ -181,6 +181,42 @@ def test_shared_prefix_under_gradient_checkpointing_runs_the_joined_rows(backbon
     assert torch.allclose(checkpointed_scores, joined_scores, atol=1e-5)
 
 
+def test_every_role_with_shared_prompts_equals_the_joined_rows(backbone):
+    """score_shared_prompts (the evaluation's n samples per prompt, each prompt run once): the same policy and
+    reference log-probs, values and rewards as score_sequences on the rows written out, up to float rounding, with
+    prompts of different lengths (left-padded) and responses of different lengths (right-padded)."""
+    from apo_online.data.canonical import left_pad, right_pad
+    from apo_online.rollout import score_sequences, score_shared_prompts
+
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # adapters and heads away from their zero start, so that every role differs
+        for name, param in backbone.named_parameters():
+            if "lora_B" in name or "value_head" in name:
+                param.copy_(0.05 * torch.randn(param.shape, generator=g))
+    ids = lambda n: torch.randint(5, 200, (n,), generator=g).tolist()  # noqa: E731
+    n, prompts = 3, [ids(7), ids(4), ids(6)]
+    responses = [ids(k) for k in (3, 6, 1, 5, 2, 6, 4, 4, 3)]  # the n responses of each prompt together
+    prompt_ids, prompt_mask = left_pad(prompts, 0)
+    response_ids, response_mask = right_pad(responses, 0)
+    roles = ("policy", "reference", "value", "reward")
+    calls = []
+    hook = backbone.peft_model.get_base_model().get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    shared = score_shared_prompts(backbone, prompt_ids, prompt_mask, response_ids, response_mask.float(), n, roles,
+                                  0.7, batch_size=6)
+    hook.remove()
+    assert calls == [2, 6, 2, 6, 2, 6, 2, 6, 1, 3, 1, 3, 1, 3, 1, 3]  # per chunk of 2 prompts: prompts once, then rows
+    joined = score_sequences(backbone, torch.cat([prompt_ids.repeat_interleave(n, 0), response_ids], 1),
+                             torch.cat([prompt_mask.repeat_interleave(n, 0), response_mask], 1), prompt_ids.shape[1],
+                             roles, 0.7, batch_size=9)
+    valid = response_mask.bool()
+    for role in ("policy", "reference", "value"):
+        assert shared[role].shape == joined[role].shape == response_ids.shape
+        assert torch.allclose(shared[role][valid], joined[role][valid], atol=1e-5), role
+    assert torch.allclose(shared["reward"], joined["reward"], atol=1e-5)
+    assert not torch.allclose(shared["policy"][valid], shared["reference"][valid], atol=1e-3)
+
+
 def test_value_head_starts_at_zero(tiny_model_path):
     lm, _ = load_causal_lm(ModelConfig(model_name_or_path="tiny-llama"))
     bb = SharedBackbone.build(lm, LoraSettings(r=4, alpha=8))

@@ -22,7 +22,7 @@ from apo_online.data.canonical import left_pad
 from apo_online.data.task import BUILTIN_TASKS
 from apo_online.testbeds.gold_judge import load_gold_judge, question_text
 from apo_online.rm.scorers import reward_role_scores
-from apo_online.rollout import score_sequences, truncate_at_stop
+from apo_online.rollout import score_shared_prompts, truncate_at_stop
 
 EVAL_SEED_OFFSET = 7919  # eval samples use their own seed: the same every evaluation, apart from training's stream
 
@@ -71,12 +71,11 @@ def sample_responses(backbone, tokenizer, prompt_ids: list[list[int]], role: str
                               num_return_sequences=n, pad_token_id=pad_id, eos_token_id=stop_ids)
         P = ids.shape[1]
         responses, response_mask, has_eos = truncate_at_stop(sequences[:, P:], stop_ids, pad_id)
-        input_ids = torch.cat([sequences[:, :P], responses], 1)
-        attention_mask = torch.cat([mask.repeat_interleave(n, 0), response_mask.long()], 1)
         roles = ("policy", "reference", "reward") if role == "policy" else ("reward",)
-        out = score_sequences(backbone, input_ids, attention_mask, P, roles, temperature, batch_size)
+        # each prompt run once for its n samples (generate returns a prompt's n sequences together)
+        out = score_shared_prompts(backbone, ids, mask, responses, response_mask, n, roles, temperature, batch_size)
         kl = ((out["policy"] - out["reference"]) * response_mask).sum(1) if role == "policy" else torch.zeros(
-            len(input_ids), device=device)
+            len(responses), device=device)
         lengths = response_mask.sum(1).long().tolist()
         parts["prompts"] += [p for p in chunk for _ in range(n)]
         parts["responses"] += [row[:k] for row, k in zip(responses.tolist(), lengths)]
