@@ -141,8 +141,9 @@ def collect_rollout(ctx, prompts: list[EncodedPrompt], positions: list[int], rol
         wanted = {"policy": not cfg.logprobs_from_generation, "reference": spec.needs_ref_logprobs,
                   "value": spec.needs_values, "reward": "reward" in reward.forward_roles}
         roles = tuple(role for role, needed in wanted.items() if needed)
-        out = score_sequences(backbone, input_ids, attention_mask, prompt_length, roles, cfg.temperature,
-                              cfg.forward_batch_size)
+        # each prompt run once for its n samples (generate returns a prompt's n sequences together); n = 1: the rows
+        out = score_shared_prompts(backbone, prompt_ids, prompt_mask, responses, response_mask, n, roles,
+                                   cfg.temperature, cfg.forward_batch_size)
         if cfg.logprobs_from_generation:  # raw logits of every generation step [B, R, V]; same helper as the forward
             step_logits = torch.stack(generated.logits, 1).float()
             out["policy"] = selective_log_softmax(step_logits, responses, temperature=cfg.temperature)
