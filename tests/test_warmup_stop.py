@@ -110,3 +110,15 @@ def test_the_command_line_says_the_run_stopped_during_the_warmup(tiny_config, si
     status = main(args, default_yaml=REPO / "apo_online/recipes/apo_ppo.yaml")
     assert status == 128 + signal.SIGTERM
     assert "stopped by signal 15 during the RM warm-up; checkpoint:" in capsys.readouterr().err
+
+
+def test_a_finished_warmup_called_again_trains_again(tiny_config, single_accelerator, tmp_path):
+    """Only a warm-up stopped part-way is resumed: calling warmup() after one finished plays all its steps again
+    (as before the warm-up could stop), with fresh means."""
+    game = make_game(tiny_config, single_accelerator(), **settings(tmp_path / "twice"))
+    step = game.rm_step
+    first = step.warmup(WARMUP_STEPS)
+    after_first = {k: v.clone() for k, v in step.base_state.items()}
+    second = step.warmup(WARMUP_STEPS)
+    assert step.warmup_done == WARMUP_STEPS and first.keys() == second.keys()
+    assert any(not torch.equal(after_first[k], step.base_state[k]) for k in after_first)

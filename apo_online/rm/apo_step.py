@@ -266,6 +266,8 @@ class AdversarialRewardStep:
         when it says True the warm-up ends early and returns None, its progress kept in this object's state, so
         that after a checkpoint and a resume the next call plays the remaining steps as one warm-up would have."""
         steps = self.warmup_steps() if steps is None else steps
+        if not self.warmup_in_progress:  # a new warm-up (a finished one is not resumed: it trains again)
+            self.warmup_done, self.warmup_totals = 0, {}
         if steps and self.pairs:
             with self.ctx.phase(("reward",)):
                 for _ in tqdm(range(self.warmup_done, steps), desc="RM warm-up", disable=not show_progress,
