@@ -158,8 +158,15 @@ def _section(config: Config, name: str, source: str) -> Any:
     )
 
 
-def load_yaml(path: str | Path, config: Config | None = None, sections: set[str] | None = None) -> Config:
-    """Apply a YAML file's sections to config (a fresh one if None); their names are added to `sections`."""
+EXTENDS_KEY = "extends"  # a YAML file's top-level key naming the file it builds on
+
+
+def load_yaml(path: str | Path, config: Config | None = None, sections: set[str] | None = None,
+              _extended_by: tuple[Path, ...] = ()) -> Config:
+    """Apply a YAML file's sections to config (a fresh one if None); their names are added to `sections`.
+
+    A top-level `extends: other.yaml` (relative to this file's folder) applies that file first, so a file need only
+    hold what it changes: the PPO recipe's short first run extends its full game (apo_ppo_full.yaml)."""
     config = config or Config()
     path = Path(path)
     if not path.is_file():
@@ -170,6 +177,9 @@ def load_yaml(path: str | Path, config: Config | None = None, sections: set[str]
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, ...), got {type(raw).__name__}")
+    base = raw.pop(EXTENDS_KEY, None)
+    if base is not None:
+        _load_base(path, base, config, sections, _extended_by + (path.resolve(),))
     for name, values in raw.items():
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: section {name!r} must be a mapping, got {values!r}")
@@ -177,6 +187,19 @@ def load_yaml(path: str | Path, config: Config | None = None, sections: set[str]
         if sections is not None:
             sections.add(name)
     return config
+
+
+def _load_base(path: Path, base: object, config: Config, sections: set[str] | None, chain: tuple[Path, ...]) -> None:
+    """The file that `path` extends, applied to config before path's own sections."""
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: {EXTENDS_KEY}: expected the path of a YAML file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: {EXTENDS_KEY}: config file not found: {base_path}")
+    if base_path in chain:
+        cycle = " -> ".join(str(p) for p in chain + (base_path,))
+        raise ConfigError(f"{path}: {EXTENDS_KEY}: the files extend each other in a cycle: {cycle}")
+    load_yaml(base_path, config, sections, chain)
 
 
 def _field_index(config: Config) -> dict[str, list[str]]:

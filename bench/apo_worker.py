@@ -3,7 +3,7 @@
     python bench/apo_worker.py --size tiny --variant apo_ppo_frozen_rm --warmup 1 --updates 3
     python bench/apo_worker.py --size tiny --export bench/.assets/tiny.json   # prompts + model for trl_worker.py
 
-Builds the game from apo_online/recipes/apo_ppo.yaml plus the benchmark's overrides (apo_online/benchmarking/
+Builds the game from apo_online/recipes/apo_ppo_full.yaml plus the benchmark's overrides (apo_online/benchmarking/
 apo_game.py: `overrides()`, `build_game()`, shared with bench/rm_prefix_bench.py), runs `--warmup` untimed game
 steps, then `--updates` timed ones (APOGame.play_step: rollout, PPO update, RM update), and prints ONE JSON line on
 stdout: step_times, phase times (from the game's timing/* metrics), generation time, tokens generated, RM-update time

@@ -3,7 +3,7 @@ side in one process.
 
     python bench/merged_sampling_bench.py --size smollm2 --repeats 5 --threads 2
 
-Builds the recipe's game (build_game of apo_online/benchmarking/apo_game.py on apo_online/recipes/apo_ppo.yaml, the
+Builds the recipe's game (build_game of apo_online/benchmarking/apo_game.py on apo_online/recipes/apo_ppo_full.yaml, the
 policy adapter given non-zero weights so that it matters), then times SharedBackbone.generate on the recipe's rollout
 shape (rollout.prompts_per_step prompts, rollout.max_new_tokens new tokens, min_new_tokens = max_new_tokens so every
 call decodes the same number of tokens) --repeats times per setting, the settings interleaved, each call from the

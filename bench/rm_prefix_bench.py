@@ -3,7 +3,7 @@
     python bench/rm_prefix_bench.py --size smollm2 --rollouts 4 --repeats 3 --threads 2
 
 Builds the game of bench/apo_worker.py (build_game of apo_online/benchmarking/apo_game.py on
-apo_online/recipes/apo_ppo.yaml: 8 RM steps per update, 4 groups + 4 human pairs per step, 2 micro-batches), plays
+apo_online/recipes/apo_ppo_full.yaml: 8 RM steps per update, 4 groups + 4 human pairs per step, 2 micro-batches), plays
 --rollouts game steps to fill the sample buffer, then times AdversarialRewardStep.update --repeats times per setting,
 the settings interleaved. Both settings draw the same groups and pairs (the RM step's random state is reset before
 each update; refit mode restarts from the same base RM), so they compute the same update. Prints one JSON line: per

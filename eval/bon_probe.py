@@ -6,7 +6,7 @@
     python eval/bon_probe.py --split validation --sweep refit # choose refit settings on validation prompts
     python eval/bon_probe.py --split validation --sweep strength --policy runs/apo_ppo   # the update's strength
 
-1. Build the recipe's game (apo_online/recipes/apo_ppo.yaml + any --section.field override) and its base RM (the
+1. Build the recipe's game (apo_online/recipes/apo_ppo_full.yaml + any --section.field override) and its base RM (the
    warm-up, through the warm-up cache: computed once per setting, then loaded).
 2. Sample N responses per held-out prompt from the policy (the reference, or --policy's), cached by content hash
    (apo_online/evaluation/bon_samples.py), and score every sample with the hidden judge.
@@ -59,7 +59,7 @@ from apo_online.rm.warmup_cache import warm_up_reward_model  # noqa: E402
 from apo_online.evaluation.plots import bon_chart  # noqa: E402
 from apo_online.evaluation.report_json import write_json  # noqa: E402
 
-RECIPE_YAML = Path(__file__).resolve().parents[1] / "apo_online" / "recipes" / "apo_ppo.yaml"
+RECIPE_YAML = Path(__file__).resolve().parents[1] / "apo_online" / "recipes" / "apo_ppo_full.yaml"
 PROBE_SEED = 1234  # the refits' random stream (the same for every setting)
 PAIRED_N = 16
 REFITS = {"apo_refit": {"rm": {}}, "pairs_only": {"rm": {"apo_coeff": 0.0}}}  # over the recipe's rm settings

@@ -7,7 +7,8 @@
 A variant is `<mode>_<optimizer>`: mode `frozen` (rm.update_every 0: the RM stays the warm-up RM) or `apo`
 (the adversarial RM updates of the config), optimizer any registered policy optimizer (ppo, and dpo / rjs where they
 are registered; unknown ones are skipped with a message). Every other argument is a config override
-(`--section.field value`, `--config file.yaml`) applied to all variants on top of apo_online/recipes/apo_ppo.yaml.
+(`--section.field value`, `--config file.yaml`) applied to all variants on top of the full game of the variant's
+recipe (apo_ppo_full.yaml for ppo).
 Each variant plays the game in this process with game.gold_judge on; the hidden gold judge scores fresh policy samples
 on held-out prompts at step 0 (policy = reference) and every game.eval_every steps. Reported side by side:
   gold score and gold win rate vs the human answers (true quality), RM accuracy and ECE on pairs of fresh policy
@@ -40,8 +41,9 @@ from apo_online.optimizers.base import known_optimizer_names  # noqa: E402
 from apo_online.config_help import config_help  # noqa: E402
 from apo_online.evaluation.plots import metric_curves, reliability_diagram  # noqa: E402
 from apo_online.evaluation.report_json import write_json  # noqa: E402
+from apo_online.recipes import RECIPES, full_game_yaml  # noqa: E402
 
-RECIPE_YAML = Path(__file__).resolve().parents[1] / "apo_online" / "recipes" / "apo_ppo.yaml"
+RECIPE_YAML = Path(__file__).resolve().parents[1] / "apo_online" / "recipes" / "apo_ppo_full.yaml"
 DEFAULT_VARIANTS = "frozen_ppo,apo_ppo,apo_dpo,apo_rjs"
 MODES = ("frozen", "apo")
 CURVES = [("eval/gold_score", "gold score of policy samples"),
@@ -65,9 +67,10 @@ def variant_overrides(name: str, output_dir: Path) -> list[str]:
 
 
 def variant_recipe(name: str) -> Path:
-    """The optimizer's own recipe config (e.g. DPO and RJS need several samples per prompt), else apo_ppo.yaml."""
-    own = RECIPE_YAML.parent / f"apo_{name.partition('_')[2]}.yaml"
-    return own if own.is_file() else RECIPE_YAML
+    """The full game of the optimizer's own recipe (e.g. DPO and RJS need several samples per prompt), else
+    apo_ppo_full.yaml."""
+    optimizer = name.partition("_")[2]
+    return full_game_yaml(optimizer) if optimizer in RECIPES else RECIPE_YAML
 
 
 def variant_config(name: str, overrides: list[str], output_dir: Path):

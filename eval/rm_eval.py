@@ -33,7 +33,7 @@ from apo_online.run.loading import LoadedRun, load_fresh, load_run  # noqa: E402
 from apo_online.evaluation.plots import reliability_diagram  # noqa: E402
 from apo_online.evaluation.report_json import write_json  # noqa: E402
 
-RECIPE_YAML = Path(__file__).resolve().parents[1] / "apo_online" / "recipes" / "apo_ppo.yaml"
+RECIPE_YAML = Path(__file__).resolve().parents[1] / "apo_online" / "recipes" / "apo_ppo_full.yaml"
 
 
 def load_pairs(pairs_file: str | None, config) -> list[PreferencePair]:

@@ -4,7 +4,7 @@
     python eval/rm_probe.py --run runs/apo_ppo                # samples of a trained policy (its policy adapter)
     python eval/rm_probe.py --sweep default --rm.steps_per_update 16   # one setting; any --section.field override
 
-1. Build the game of apo_online/recipes/apo_ppo.yaml (+ overrides) and warm the RM up: the base RM.
+1. Build the game of apo_online/recipes/apo_ppo_full.yaml (+ overrides) and warm the RM up: the base RM.
 2. Sample the policy (the reference, or --run's policy) on --train_prompts policy prompts, --prompts_per_step
    of them per pseudo policy step, into the game's sample buffer: what the RM update sees in a game.
 3. Sample --heldout_samples responses on every held-out eval prompt (gold-annotated; no RM update ever sees them),
@@ -50,7 +50,7 @@ from apo_online.evaluation.human_pairs import human_pair_metrics  # noqa: E402
 from apo_online.evaluation.plots import probe_chart  # noqa: E402
 from apo_online.evaluation.report_json import write_json  # noqa: E402
 
-RECIPE_YAML = Path(__file__).resolve().parents[1] / "apo_online" / "recipes" / "apo_ppo.yaml"
+RECIPE_YAML = Path(__file__).resolve().parents[1] / "apo_online" / "recipes" / "apo_ppo_full.yaml"
 PROBE_SEED = 1234  # sampling seed of the probe (train and held-out samples), apart from the game's own
 
 

@@ -41,9 +41,10 @@ from apo_online.evaluation.statistics import min_detectable_effect, sign_test_p,
 from apo_online.config_help import config_help  # noqa: E402
 from apo_online.evaluation.plots import study_figures  # noqa: E402
 from apo_online.evaluation.report_json import write_json  # noqa: E402
+from apo_online.recipes import full_game_yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE_YAML = REPO / "apo_online" / "recipes" / "apo_ppo.yaml"
+RECIPE_YAML = REPO / "apo_online" / "recipes" / "apo_ppo_full.yaml"
 ARMS = {  # name -> (recipe, overrides)
     "frozen_ppo": ("apo_ppo", ["--rm.update_every", "0"]),
     "apo_ppo": ("apo_ppo", []),
@@ -65,7 +66,9 @@ GAO_FORMS = {"ppo": "rl", "rjs": "bon", "grpo": "rl"}  # d(alpha - beta log d) f
 # ----------------------------------------------------------------------------------------------------------------------
 def run_command(arm: str, seed: int, folder: Path, threads: int, overrides: list[str]) -> list[str]:
     recipe, arm_overrides = ARMS[arm]
-    return [sys.executable, str(REPO / "recipes" / f"{recipe}.py"),
+    # the recipe's full game, not its short first run (a user's --config among the overrides replaces it)
+    full_game = ["--config", str(full_game_yaml(recipe.removeprefix("apo_")))]
+    return [sys.executable, str(REPO / "recipes" / f"{recipe}.py"), *full_game,
             "--game.output_dir", str(folder), "--game.seed", str(seed), "--game.gold_judge", "true",
             "--game.eval_at_start", "true", "--game.cpu_threads", str(threads), "--game.save_every", "10",
             # checkpoints only serve to resume on this machine (~110 MB each): keep the newest

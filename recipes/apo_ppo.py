@@ -1,10 +1,12 @@
 """Online APO with PPO policy updates.
 
-    accelerate launch recipes/apo_ppo.py                                   # offline default (SmolLM2-135M, embedded task)
-    accelerate launch recipes/apo_ppo.py --config my.yaml --game.total_steps 200
+    accelerate launch recipes/apo_ppo.py                                   # the short offline first run (SmolLM2-135M)
+    accelerate launch recipes/apo_ppo.py --config apo_online/recipes/apo_ppo_full.yaml   # the full game
+    accelerate launch recipes/apo_ppo.py --config my.yaml --game.total_steps 200      # my.yaml: extends: .../apo_ppo_full.yaml
     accelerate launch recipes/apo_ppo.py --model_name_or_path HuggingFaceTB/SmolLM2-360M-Instruct --dataset_name trl-lib/ultrafeedback_binarized
 
-Defaults come from apo_online/recipes/apo_ppo.yaml; any field can be overridden with --section.field value.
+Defaults come from apo_online/recipes/apo_ppo.yaml (the short first run; the full game: --config
+apo_online/recipes/apo_ppo_full.yaml); any field can be overridden with --section.field value.
 """
 
 import sys

@@ -12,6 +12,7 @@ from apo_online.optimizers.registry import _REGISTRY, register_optimizer
 from conftest import REPO
 
 DEFAULT_YAML = REPO / "apo_online/recipes/apo_ppo.yaml"
+FULL_GAME_YAML = REPO / "apo_online/recipes/apo_ppo_full.yaml"
 
 
 def test_precedence_yaml_then_config_file_then_cli(tmp_path):
@@ -60,6 +61,51 @@ def test_bad_yaml_files(tmp_path):
     scalar.write_text("game: 3\n")
     with pytest.raises(ConfigError, match="section 'game' must be a mapping"):
         load_config(["--config", str(scalar)])
+
+
+def test_extends_applies_the_base_file_first_relative_to_the_extending_file(tmp_path):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "base.yaml").write_text("game:\n  total_steps: 30\n  eval_every: 10\nrm:\n  beta2: 2.0\n")
+    (tmp_path / "configs" / "middle.yaml").write_text("extends: base.yaml\ngame:\n  total_steps: 6\n")
+    top = tmp_path / "top.yaml"
+    top.write_text("extends: configs/middle.yaml\nrm:\n  beta2: 0.5\n")
+    config = load_config(["--config", str(top), "--game.eval_every", "3"])
+    assert config.game.total_steps == 6  # middle beats base
+    assert config.rm.beta2 == 0.5  # top beats base
+    assert config.game.eval_every == 3  # the command line beats every file
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"a.yaml": "extends: nowhere.yaml\n"}, "a.yaml: extends: config file not found: .*nowhere.yaml"),
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"}, "extend each other in a cycle: .*a.yaml -> "),
+    ({"a.yaml": "extends: a.yaml\n"}, "cycle"),
+    ({"a.yaml": "extends: [b.yaml]\n"}, "a.yaml: extends: expected the path of a YAML file, got \\['b.yaml'\\]"),
+])
+def test_bad_extends_names_the_file_and_what_was_wrong(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(["--config", str(tmp_path / "a.yaml")])
+
+
+# what the README's first run changes of the full game: sizes only, never a setting of the game itself
+FIRST_RUN_SIZES = {("game", "total_steps"), ("game", "eval_every"), ("game", "output_dir"),
+                   ("rollout", "prompts_per_step"), ("rm", "update_every"), ("rm", "steps_per_update"),
+                   ("rm", "heldout_margin_prompts"), ("data", "num_eval_prompts")}
+
+
+def test_the_first_run_is_the_full_game_at_smaller_sizes_and_shows_every_part():
+    first, full = load_config([], default_yaml=DEFAULT_YAML), load_config([], default_yaml=FULL_GAME_YAML)
+    first_dict, full_dict = first.to_dict(), full.to_dict()
+    changed = {(section, key) for section, values in full_dict.items() if isinstance(values, dict)
+               for key, value in values.items() if first_dict[section][key] != value}
+    assert changed == FIRST_RUN_SIZES
+    g, rm = first.game, first.rm
+    assert g.total_steps // rm.update_every >= 2  # at least two RM refits
+    assert g.eval_every and g.total_steps % g.eval_every == 0  # the judge evaluates at the end
+    # --config apo_ppo_full.yaml over the recipe's default plays exactly the full game (so the full file sets every
+    # field the first run changes, even where it keeps the dataclass default)
+    assert load_config(["--config", str(FULL_GAME_YAML)], default_yaml=DEFAULT_YAML).to_dict() == full_dict
 
 
 def test_ambiguous_bare_field_asks_for_the_section():
@@ -154,4 +200,4 @@ def test_help_lists_every_field_with_its_default_and_description(script):
             assert f"--{name}.{f.name} " in result.stdout, f"{name}.{f.name} missing from {script} --help"
             assert described.get(f.name), f"{name}.{f.name} has no description (a # comment beside or above it)"
     if script.startswith("recipes"):  # the recipe's value, not the dataclass default (20)
-        assert f"--game.total_steps {8 if script.endswith('ppo.py') else 20}" in result.stdout
+        assert f"--game.total_steps {4 if script.endswith('ppo.py') else 20}" in result.stdout

@@ -116,6 +116,10 @@ def test_two_arms_two_seeds_two_steps_on_the_tiny_model(tmp_path, tiny_model_pat
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
     run = tmp_path / "runs" / "apo_ppo" / "seed_1"
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000002"]  # only the newest is kept
+    import yaml
+    played = yaml.safe_load((run / "final" / "config.yaml").read_text())
+    # the recipe's full game (8 held-out margin prompts), not its short first run (4), under the study's overrides
+    assert played["rm"]["heldout_margin_prompts"] == 8 and played["game"]["eval_every"] == 1
     before = (run / "metrics.jsonl").stat().st_mtime_ns
     study.main(["run"] + args + overrides)  # everything finished: nothing is played again
     assert (run / "metrics.jsonl").stat().st_mtime_ns == before
@@ -133,3 +137,14 @@ def test_summarise_keeps_to_the_arms_asked_for_in_the_figures_too(tmp_path, monk
     assert sorted(result["arms"]) == drawn[0] == ["apo_ppo", "frozen_ppo"]  # frozen_rjs: in neither
     with pytest.raises(SystemExit, match="no finished runs of apo_rjs under"):
         study.main(args + ["--arms", "apo_rjs"])
+
+
+def test_every_arm_plays_the_full_game_of_its_recipe(tmp_path):
+    from eval import study
+    from apo_online.recipes import full_game_yaml
+
+    for arm, recipe in [("apo_ppo", "ppo"), ("oracle_ppo", "ppo"), ("apo_rjs", "rjs"), ("frozen_grpo", "grpo")]:
+        command = study.run_command(arm, 1, tmp_path, 1, ["--game.total_steps", "3"])
+        assert command[2:4] == ["--config", str(full_game_yaml(recipe))], arm
+        assert command[-2:] == ["--game.total_steps", "3"]  # the study's overrides come last: they win
+    assert full_game_yaml("ppo").name == "apo_ppo_full.yaml" and full_game_yaml("rjs").name == "apo_rjs.yaml"

@@ -12,7 +12,7 @@ import argparse
 import os
 import resource
 
-from apo_online.recipes import recipe_yaml
+from apo_online.recipes import full_game_yaml
 
 MODELS = {"tiny": "tiny-llama", "smollm2": "smollm2-135m-instruct"}
 VARIANTS = ("apo_ppo_frozen_rm", "apo_ppo_refit")  # bench/apo_worker.py --variant
@@ -85,7 +85,7 @@ def overrides(size: str, variant: str, output_dir: str, args) -> list[str]:
     }
     if variant == "apo_ppo_frozen_rm":  # RM never updated: the same work as TRL's PPO with a fixed RM
         values.update({"rm.update_every": 0, "rm.warmup_steps": 0, "rm.allow_untrained": True})  # speed only
-    else:  # APO refit every rm.update_every steps, as apo_online/recipes/apo_ppo.yaml sets it
+    else:  # APO refit every rm.update_every steps, as apo_online/recipes/apo_ppo_full.yaml sets it
         values.update({"rm.warmup_steps": args.rm_warmup_steps})
     values.update(dict(item.split("=", 1) for item in args.set))
     out: list[str] = []
@@ -131,6 +131,6 @@ def build_game(args, output_dir: str, default_yaml=None):
     from apo_online.game import APOGame
 
     config = load_config(overrides(args.size, args.variant, output_dir, args),
-                         default_yaml=default_yaml or recipe_yaml("ppo"))
+                         default_yaml=default_yaml or full_game_yaml("ppo"))
     accelerator = make_accelerator(config.game, log_with=None)
     return APOGame(config, accelerator=accelerator)
