@@ -29,6 +29,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from trl.trainer.utils import selective_log_softmax
 
 from apo_online.merged_sampling import folded_into_weights
+from apo_online.shared_prefill import generate_repeating_prompts, generate_sharing_prompts
 
 ADAPTER_ROLES = ("policy", "value", "reward")
 REQUIRED_ADAPTER_ROLES = ("policy", "reward")  # every game samples with the policy and scores with the reward role
@@ -344,12 +345,15 @@ class SharedBackbone(nn.Module):
         return out
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **generation_kwargs) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, share_prompts: bool = True,
+                 **generation_kwargs) -> torch.Tensor:
         """Sample continuations with the policy adapter. Returns [B * num_return_sequences, P + new tokens], or
         transformers' generate output (sequences, logits, ...) when generation_kwargs ask for a dict.
 
         With merged_sampling (rollout.merged_sampling) the policy adapter is folded into the weights for the call and
-        the adapters are off (merged_sampling.py): the same samples up to float rounding, no adapter per token."""
+        the adapters are off (merged_sampling.py): the same samples up to float rounding, no adapter per token.
+        share_prompts: several samples of a prompt run its prefill once (shared_prefill.py); the same samples."""
+        generate = generate_sharing_prompts if share_prompts else generate_repeating_prompts
         with folded_into_weights(self.peft_model, "policy") if self.merged_sampling else nullcontext(False) as folded:
             with self.role(REFERENCE if folded else "policy"):
-                return self.peft_model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
+                return generate(self.peft_model, input_ids, attention_mask, **generation_kwargs)

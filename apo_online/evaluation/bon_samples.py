@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from apo_online.assets import cache_root, file_lock
 from apo_online.model_loading import load_causal_lm
 from apo_online.rollout import truncate_at_stop, truncate_lists
+from apo_online.shared_prefill import generate_sharing_prompts
 
 POOL_VERSION = "v1"  # bump when the sampling procedure changes: part of the key
 SAVE_EVERY = 4  # prompts sampled between two writes of the cache file
@@ -85,11 +86,12 @@ def _sample_prompt(model, tokenizer, prompt_ids: list[int], n: int, rollout_conf
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids], device=device)
     torch.manual_seed(seed)
-    sequences = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                               temperature=rollout_config.temperature, top_k=rollout_config.top_k or None,
-                               top_p=rollout_config.top_p, max_new_tokens=rollout_config.max_new_tokens,
-                               num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
-                               eos_token_id=[tokenizer.eos_token_id])
+    # the prompt's prefill once for its n samples (shared_prefill.py): the same samples, 1/n of the prompt's cost
+    sequences = generate_sharing_prompts(model, ids, torch.ones_like(ids), do_sample=True,
+                                         temperature=rollout_config.temperature, top_k=rollout_config.top_k or None,
+                                         top_p=rollout_config.top_p, max_new_tokens=rollout_config.max_new_tokens,
+                                         num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
+                                         eos_token_id=[tokenizer.eos_token_id])
     responses, mask, has_eos = truncate_at_stop(sequences[:, ids.shape[1]:], [tokenizer.eos_token_id],
                                                 tokenizer.pad_token_id)
     return {"response_ids": truncate_lists(responses, mask), "has_eos": has_eos.tolist()}

@@ -23,6 +23,7 @@ from apo_online.data.task import BUILTIN_TASKS
 from apo_online.testbeds.gold_judge import load_gold_judge, question_text
 from apo_online.rm.scorers import reward_role_scores
 from apo_online.rollout import score_shared_prompts, truncate_at_stop
+from apo_online.shared_prefill import generate_sharing_prompts
 
 EVAL_SEED_OFFSET = 7919  # eval samples use their own seed: the same every evaluation, apart from training's stream
 
@@ -48,7 +49,7 @@ def _generate(backbone, role: str, ids: torch.Tensor, mask: torch.Tensor, **kwar
     if role == "policy":
         return backbone.generate(ids, mask, **kwargs)
     with backbone.role(role):  # "reference": the untouched base model, adapters disabled
-        return backbone.peft_model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        return generate_sharing_prompts(backbone.peft_model, ids, mask, **kwargs)
 
 
 @torch.no_grad()

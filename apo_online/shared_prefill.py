@@ -1,0 +1,53 @@
+"""n samples of each prompt with the prompt's prefill run once.
+
+transformers' `generate(..., num_return_sequences=n)` copies every prompt n times before its first forward, so the
+prompt tokens (on the testbed about two thirds of a sequence) are computed n times. Here the prompt runs once and its
+key/value cache is copied n times (`DynamicCache.batch_repeat_interleave`), and `generate` continues from that cache.
+What is computed per sequence is the same up to float rounding, and the random stream is the same: generate samples
+the same [B * n, vocab] rows at the same steps, so a fixed seed gives the same tokens (tests/test_shared_prefill.py).
+
+Used by every sampler of the package that draws several samples a prompt: the rollout (DPO, RJS, GRPO), the
+evaluations, the best-of-n probe's samples and the testbed's candidates.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # transformers 5.2x renamed generate's past_key_values to cache (the old name warns, then goes in 6.0)
+    from transformers.generation.utils import ALL_CACHE_NAMES  # noqa: F401
+    CACHE_KWARG = "cache"
+except ImportError:
+    CACHE_KWARG = "past_key_values"
+
+
+def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows, as generate derives them: the first real token is 0, padding gets 1.
+    attention_mask [B, T] of 0/1 -> [B, T] long."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 1)
+
+
+@torch.no_grad()
+def generate_sharing_prompts(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **generation_kwargs):
+    """model.generate(input_ids, attention_mask, **generation_kwargs), with each prompt's prefill run once for its
+    num_return_sequences samples. input_ids, attention_mask [B, P], left-padded. Returns what generate returns:
+    [B * n, P + new tokens] (each prompt's n sequences together), or generate's output dict when asked for one."""
+    n = generation_kwargs.pop("num_return_sequences", None) or 1
+    if n == 1 or input_ids.shape[1] < 2 or generation_kwargs.keys() & {"cache", "past_key_values"}:
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, num_return_sequences=n,
+                              **generation_kwargs)
+    # every prompt token but the last goes into the cache; generate's first forward runs the last one and samples
+    head_ids, head_mask = input_ids[:, :-1], attention_mask[:, :-1]
+    prefill = model(input_ids=head_ids, attention_mask=head_mask, position_ids=left_padded_positions(head_mask),
+                    use_cache=True, logits_to_keep=1)
+    cache = prefill.cache if getattr(prefill, "cache", None) is not None else prefill.past_key_values
+    cache.batch_repeat_interleave(n)
+    generation_kwargs[CACHE_KWARG] = cache
+    return model.generate(input_ids=input_ids.repeat_interleave(n, 0),
+                          attention_mask=attention_mask.repeat_interleave(n, 0), **generation_kwargs)
+
+
+def generate_repeating_prompts(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **generation_kwargs):
+    """transformers' own path, each prompt run once per sample: the baseline of the tests and the bench."""
+    return model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)

@@ -1,0 +1,78 @@
+"""n samples a prompt with the prompt's prefill run once (apo_online/shared_prefill.py): the same tokens at a fixed
+seed and the same logits as transformers' own num_return_sequences, on left-padded prompts of different lengths,
+with the policy adapter per token, folded into the weights, and for the reference; and the prompt really runs once."""
+
+import pytest
+import torch
+
+from apo_online.backbone import LoraSettings, SharedBackbone
+from apo_online.config import ModelConfig
+from apo_online.model_loading import load_causal_lm
+from apo_online.shared_prefill import generate_sharing_prompts, left_padded_positions
+
+
+@pytest.fixture
+def backbone(tiny_model_path):
+    torch.manual_seed(0)
+    lm, _ = load_causal_lm(ModelConfig(model_name_or_path="tiny-llama"))
+    bb = SharedBackbone.build(lm, LoraSettings(r=4, alpha=8))
+    with torch.no_grad():  # LoRA B starts at 0: make the policy adapter change every output
+        for name, param in bb.peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    return bb
+
+
+# left-padded: rows of 5, 3 and 1 real tokens
+IDS = torch.tensor([[5, 17, 42, 99, 7], [0, 0, 120, 33, 64], [0, 0, 0, 0, 11]])
+MASK = (torch.arange(5) >= torch.tensor([[0], [2], [4]])).long()
+KWARGS = dict(do_sample=True, temperature=1.0, max_new_tokens=10, pad_token_id=0, return_dict_in_generate=True,
+              output_logits=True, num_return_sequences=4)
+
+
+def draw(generate, seed=3):
+    torch.manual_seed(seed)
+    out = generate(dict(KWARGS))
+    return out.sequences, torch.stack(out.logits, 1)
+
+
+def test_left_padded_positions_match_generate():
+    assert left_padded_positions(MASK).tolist() == [[0, 1, 2, 3, 4], [1, 1, 0, 1, 2], [1, 1, 1, 1, 0]]
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_the_same_tokens_and_logits_as_num_return_sequences(backbone, merged):
+    bb = backbone
+    bb.merged_sampling = merged
+    plain_tokens, plain_logits = draw(lambda kw: bb.generate(IDS, MASK, share_prompts=False, **kw))
+    shared_tokens, shared_logits = draw(lambda kw: bb.generate(IDS, MASK, **kw))
+    assert plain_tokens.shape == (12, 15)
+    assert torch.equal(shared_tokens, plain_tokens)
+    torch.testing.assert_close(shared_logits, plain_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_the_reference_samples_the_same_way(backbone):
+    model = backbone.peft_model
+    with backbone.role("reference"):
+        plain = draw(lambda kw: model.generate(input_ids=IDS, attention_mask=MASK, **kw))
+        shared = draw(lambda kw: generate_sharing_prompts(model, IDS, MASK, **kw))
+    assert torch.equal(shared[0], plain[0])
+    torch.testing.assert_close(shared[1], plain[1], rtol=1e-4, atol=1e-4)
+
+
+def test_each_prompt_token_runs_once(backbone):
+    """Rows x positions through the first layer for one new token: generate's copies run B * n * P prompt tokens;
+    the shared prefill runs B * (P - 1), then generate the last prompt token of each of the B * n copies."""
+    tokens = []
+    layer = backbone.peft_model.get_base_model().model.layers[0]
+    hook = layer.register_forward_pre_hook(lambda _, args, kwargs: tokens.append(
+        (args[0] if args else kwargs["hidden_states"]).shape[:2].numel()), with_kwargs=True)
+    try:
+        kwargs = dict(KWARGS, max_new_tokens=1, min_new_tokens=1)
+        backbone.generate(IDS, MASK, share_prompts=False, **kwargs)
+        plain, tokens[:] = sum(tokens), []
+        backbone.generate(IDS, MASK, **kwargs)
+        shared = sum(tokens)
+    finally:
+        hook.remove()
+    assert plain == 3 * 4 * 5 and shared == 3 * (5 - 1) + 3 * 4
