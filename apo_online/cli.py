@@ -24,7 +24,8 @@ def _setup_logging() -> None:
 
 USAGE = """usage: accelerate launch RECIPE [--config FILE.yaml] [--section.field VALUE ...] [--dry_run] [--help]
 
-  --config FILE   a YAML file of sections (model:, data:, rollout:, game:, rm:, reward:, ppo: ...) over the recipe's own
+  --config FILE   a YAML file of sections (model:, data:, rollout:, game:, rm:, reward:, ppo: ...) over the recipe's
+                  own; repeatable (applied in order); `extends: other.yaml` in a file applies that file first
   --dry_run       check the config and the data and print the plan, without loading model weights
   --field VALUE   also accepted when only one section has that field
 Exit status: 0 finished; 2 bad config, data, checkpoint or run directory; 3 too many non-finite updates or a bad

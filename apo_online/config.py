@@ -177,9 +177,8 @@ def load_yaml(path: str | Path, config: Config | None = None, sections: set[str]
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, ...), got {type(raw).__name__}")
-    base = raw.pop(EXTENDS_KEY, None)
-    if base is not None:
-        _load_base(path, base, config, sections, _extended_by + (path.resolve(),))
+    if EXTENDS_KEY in raw:
+        _load_base(path, raw.pop(EXTENDS_KEY), config, sections, _extended_by + (path.resolve(),))
     for name, values in raw.items():
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: section {name!r} must be a mapping, got {values!r}")
@@ -193,7 +192,7 @@ def _load_base(path: Path, base: object, config: Config, sections: set[str] | No
     """The file that `path` extends, applied to config before path's own sections."""
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"{path}: {EXTENDS_KEY}: expected the path of a YAML file, got {base!r}")
-    base_path = (path.parent / base).resolve()
+    base_path = (path.parent / Path(base).expanduser()).resolve()  # an absolute path stays as it is
     if not base_path.is_file():
         raise ConfigError(f"{path}: {EXTENDS_KEY}: config file not found: {base_path}")
     if base_path in chain:
@@ -211,9 +210,9 @@ def _field_index(config: Config) -> dict[str, list[str]]:
     return index
 
 
-def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
-    """Split argv into (config file or None, [(key, value)]). Accepts --key value and --key=value."""
-    config_path, pairs, i = None, [], 0
+def parse_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Split argv into (the --config files in order, [(key, value)]). Accepts --key value and --key=value."""
+    config_paths, pairs, i = [], [], 0
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("--"):
@@ -227,20 +226,19 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str]]]
             key, value = arg[2:], argv[i + 1]
             i += 2
         if key == "config":
-            config_path = value
+            config_paths.append(value)
         else:
             pairs.append((key, value))
-    return config_path, pairs
+    return config_paths, pairs
 
 
 def load_config(argv: list[str] | None = None, default_yaml: str | Path | None = None) -> Config:
-    """Build the config: dataclass defaults < default_yaml < --config file < CLI overrides."""
-    config_path, pairs = parse_overrides(list(argv or []))
+    """Build the config: dataclass defaults < default_yaml < each --config file, in the order given < CLI overrides.
+    (Several --config files layer: eval/study.py passes a recipe's full game, and a user's file goes on top.)"""
+    config_paths, pairs = parse_overrides(list(argv or []))
     config, yaml_sections = Config(), set()
-    if default_yaml is not None:
-        load_yaml(default_yaml, config, yaml_sections)
-    if config_path is not None:
-        load_yaml(config_path, config, yaml_sections)
+    for path in ([default_yaml] if default_yaml is not None else []) + config_paths:
+        load_yaml(path, config, yaml_sections)
     index = _field_index(config)
     cli_sections: dict[str, str] = {}  # section -> the first flag that set it
     for key, value in pairs:

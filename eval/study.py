@@ -66,7 +66,7 @@ GAO_FORMS = {"ppo": "rl", "rjs": "bon", "grpo": "rl"}  # d(alpha - beta log d) f
 # ----------------------------------------------------------------------------------------------------------------------
 def run_command(arm: str, seed: int, folder: Path, threads: int, overrides: list[str]) -> list[str]:
     recipe, arm_overrides = ARMS[arm]
-    # the recipe's full game, not its short first run (a user's --config among the overrides replaces it)
+    # the recipe's full game, not its short first run (a user's --config among the overrides goes on top of it)
     full_game = ["--config", str(full_game_yaml(recipe.removeprefix("apo_")))]
     return [sys.executable, str(REPO / "recipes" / f"{recipe}.py"), *full_game,
             "--game.output_dir", str(folder), "--game.seed", str(seed), "--game.gold_judge", "true",

@@ -75,7 +75,19 @@ def test_extends_applies_the_base_file_first_relative_to_the_extending_file(tmp_
     assert config.game.eval_every == 3  # the command line beats every file
 
 
+def test_several_config_files_apply_in_order(tmp_path):
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("game:\n  total_steps: 30\n  eval_every: 10\n")
+    second.write_text("game:\n  total_steps: 6\n")
+    config = load_config(["--config", str(first), "--config", str(second)], default_yaml=DEFAULT_YAML)
+    assert (config.game.total_steps, config.game.eval_every) == (6, 10)
+    # the study's way: the full game, then a user's file that changes one thing, on the short first run's recipe
+    config = load_config(["--config", str(FULL_GAME_YAML), "--config", str(second)], default_yaml=DEFAULT_YAML)
+    assert config.game.total_steps == 6 and config.rollout.prompts_per_step == 8 and config.rm.steps_per_update == 8
+
+
 @pytest.mark.parametrize("files, message", [
+    ({"a.yaml": "extends:\n"}, "a.yaml: extends: expected the path of a YAML file, got None"),
     ({"a.yaml": "extends: nowhere.yaml\n"}, "a.yaml: extends: config file not found: .*nowhere.yaml"),
     ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"}, "extend each other in a cycle: .*a.yaml -> "),
     ({"a.yaml": "extends: a.yaml\n"}, "cycle"),

@@ -8,7 +8,7 @@ import torch
 from apo_online.backbone import LoraSettings, SharedBackbone
 from apo_online.config import ModelConfig
 from apo_online.model_loading import load_causal_lm
-from apo_online.shared_prefill import generate_sharing_prompts, left_padded_positions
+from apo_online.shared_prefill import generate_sharing_prompts, left_padded_positions, shares_prompts
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def draw(generate, seed=3):
 
 
 def test_left_padded_positions_match_generate():
-    assert left_padded_positions(MASK).tolist() == [[0, 1, 2, 3, 4], [1, 1, 0, 1, 2], [1, 1, 1, 1, 0]]
+    assert left_padded_positions(MASK).tolist() == [[0, 1, 2, 3, 4], [0, 0, 0, 1, 2], [0, 0, 0, 0, 0]]
 
 
 @pytest.mark.parametrize("merged", [False, True])
@@ -76,3 +76,34 @@ def test_each_prompt_token_runs_once(backbone):
     finally:
         hook.remove()
     assert plain == 3 * 4 * 5 and shared == 3 * (5 - 1) + 3 * 4
+
+
+def test_one_token_prompts_give_the_same_samples(backbone):
+    ids, mask = IDS[:, -1:], MASK[:, -1:]
+    model = backbone.peft_model
+    plain = draw(lambda kw: model.generate(input_ids=ids, attention_mask=mask, **kw))
+    shared = draw(lambda kw: generate_sharing_prompts(model, ids, mask, **kw))
+    assert shared[0].shape == plain[0].shape == (12, 11)
+    assert torch.equal(shared[0], plain[0])
+    torch.testing.assert_close(shared[1], plain[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("change", [dict(num_return_sequences=1), dict(do_sample=False), dict(num_beams=2),
+                                    dict(cache_implementation="static"), dict(output_hidden_states=True),
+                                    dict(output_attentions=True)])
+def test_settings_the_shared_prefill_cannot_serve_keep_transformers_path(backbone, change):
+    kwargs = dict(KWARGS, **change)
+    n = kwargs.pop("num_return_sequences")
+    assert shares_prompts(backbone.peft_model, 4, dict(KWARGS)) and not shares_prompts(backbone.peft_model, n, kwargs)
+
+
+def test_a_static_cache_in_the_models_generation_config_keeps_transformers_path(backbone):
+    model = backbone.peft_model
+    model.generation_config.cache_implementation = "static"
+    try:
+        assert not shares_prompts(model, 4, dict(KWARGS))
+        kwargs = dict(KWARGS, max_new_tokens=3)
+        out = generate_sharing_prompts(model, IDS, MASK, **kwargs)  # transformers' path: no clash of caches
+        assert out.sequences.shape == (12, 8)
+    finally:
+        model.generation_config.cache_implementation = None
