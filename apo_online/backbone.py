@@ -28,6 +28,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from trl.trainer.utils import selective_log_softmax
 
+from apo_online.data.canonical import position_ids_from_mask
 from apo_online.merged_sampling import folded_into_weights
 from apo_online.shared_prefill import generate_repeating_prompts, generate_sharing_prompts
 
@@ -60,11 +61,6 @@ class LoraSettings:
         # Dropout 0 in every role (docs/design.md, PPO checklist): log-probs at sampling and update time must agree.
         return LoraConfig(r=self.r, lora_alpha=self.alpha, target_modules=targets, lora_dropout=0.0, bias="none",
                           task_type="CAUSAL_LM")
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding: the first real token gets 0. attention_mask [B, L] -> [B, L]."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import torch
 
+from apo_online.data.canonical import position_ids_from_mask
+
 try:  # transformers 5.2x renamed generate's past_key_values to cache (the old name warns, then goes in 6.0)
     from transformers.generation.utils import ALL_CACHE_NAMES
 except ImportError:  # older releases have neither the list nor the new name
     ALL_CACHE_NAMES = []
 CACHE_KWARG = "cache" if "cache" in ALL_CACHE_NAMES else "past_key_values"
-
-
-def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids of left-padded rows, as generate derives them: the first real token is 0; padding gets 0 (it is
-    masked, so any value does). attention_mask [B, T] of 0/1 -> [B, T] long."""
-    positions = attention_mask.long().cumsum(-1) - 1
-    return positions.masked_fill(attention_mask == 0, 0)
 
 
 def shares_prompts(model, n: int, generation_kwargs: dict) -> bool:
@@ -61,7 +56,7 @@ def generate_sharing_prompts(model, input_ids: torch.Tensor, attention_mask: tor
         input_ids = torch.cat([torch.zeros_like(input_ids[:, :1]), input_ids], 1)
         attention_mask = torch.cat([torch.zeros_like(attention_mask[:, :1]), attention_mask], 1)
     head_ids, head_mask = input_ids[:, :-1], attention_mask[:, :-1]
-    prefill = model(input_ids=head_ids, attention_mask=head_mask, position_ids=left_padded_positions(head_mask),
+    prefill = model(input_ids=head_ids, attention_mask=head_mask, position_ids=position_ids_from_mask(head_mask),
                     use_cache=True, logits_to_keep=1)
     cache = prefill.cache if getattr(prefill, "cache", None) is not None else prefill.past_key_values
     cache.batch_repeat_interleave(n)

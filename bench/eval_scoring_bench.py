@@ -17,12 +17,12 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's apo_online, not an installed copy
 
-from apo_online.benchmarking.apo_game import MODELS, build_game, game_settings, offline_environment  # noqa: E402
+from apo_online.benchmarking.apo_game import (MODELS, build_game, game_settings, offline_environment,  # noqa: E402
+                                              time_interleaved)
 
 ROLES = ("policy", "reference", "reward")
 
@@ -59,13 +59,7 @@ def main(argv: list[str] | None = None) -> None:
                                                    cfg.temperature, 32),
             "joined": lambda: score_sequences(backbone, joined_ids, joined_mask, ids.shape[1], ROLES,
                                               cfg.temperature, 32)}
-        times: dict[str, list[float]] = {"shared": [], "joined": []}
-        outputs = {}
-        for repeat in range(args.repeats):
-            for path in ("shared", "joined") if repeat % 2 == 0 else ("joined", "shared"):
-                started = time.perf_counter()
-                outputs[path] = paths[path]()
-                times[path].append(time.perf_counter() - started)
+        times, outputs = time_interleaved(paths, args.repeats)
     difference = max((outputs["shared"][r] - outputs["joined"][r]).abs().max().item() for r in ROLES)
     median = {k: statistics.median(v) for k, v in times.items()}
     print(json.dumps({"size": args.size, "threads": args.threads, "prompts": len(prompts), "samples_per_prompt": n,

@@ -17,12 +17,12 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's apo_online, not an installed copy
 
-from apo_online.benchmarking.apo_game import MODELS, build_game, game_settings, offline_environment  # noqa: E402
+from apo_online.benchmarking.apo_game import (MODELS, build_game, game_settings, offline_environment,  # noqa: E402
+                                              time_interleaved)
 
 CHUNK = 32  # prompts per generate call, as game_eval.sample_responses
 
@@ -58,13 +58,8 @@ def main(argv: list[str] | None = None) -> None:
                                              eos_token_id=[game.tokenizer.eos_token_id]))
             return out
 
-        times: dict[str, list[float]] = {"shared": [], "repeated": []}
-        outputs = {}
-        for repeat in range(args.repeats):
-            for path in ("shared", "repeated") if repeat % 2 == 0 else ("repeated", "shared"):
-                started = time.perf_counter()
-                outputs[path] = sample(path == "shared")
-                times[path].append(time.perf_counter() - started)
+        times, outputs = time_interleaved({"shared": lambda: sample(True), "repeated": lambda: sample(False)},
+                                          args.repeats)
     same = all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(outputs["shared"], outputs["repeated"]))
     median = {k: statistics.median(v) for k, v in times.items()}
     print(json.dumps({"size": args.size, "threads": args.threads, "prompts": len(prompts),

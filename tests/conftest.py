@@ -32,6 +32,26 @@ def tiny_model_path(apo_cache) -> str:
     return resolve_model_path("tiny-llama")
 
 
+@pytest.fixture
+def adapted_backbone(tiny_model_path):
+    """A SharedBackbone on the tiny Llama whose adapters are not zero (LoRA B starts at 0): every role's output
+    differs from the base model's, so a test can tell the policy, the folded policy and the reference apart."""
+    import torch
+
+    from apo_online.backbone import LoraSettings, SharedBackbone
+    from apo_online.config import ModelConfig
+    from apo_online.model_loading import load_causal_lm
+
+    torch.manual_seed(0)
+    lm, _ = load_causal_lm(ModelConfig(model_name_or_path="tiny-llama"))
+    backbone = SharedBackbone.build(lm, LoraSettings(r=4, alpha=8))
+    with torch.no_grad():
+        for name, param in backbone.peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    return backbone
+
+
 def tiny_overrides(output_dir, **extra) -> list[str]:
     """CLI overrides for a seconds-long game on the tiny model."""
     values = {

@@ -59,3 +59,14 @@ def test_model_flops_utilisation_by_hand():
     # 10 s training 2e4 tokens: 6 * 1e9 * 2e4 / 10 = 1.2e13 FLOP/s = 0.12
     out = model_flops_utilisation({"generation_tokens_per_s": 500.0, "step_s": 10.0}, 10**9, 2e4, 100.0)
     assert out == pytest.approx({"sampling": 0.01, "step": 0.12})
+
+
+def test_time_interleaved_alternates_the_order_and_keeps_each_path_s_last_output():
+    from apo_online.benchmarking.apo_game import time_interleaved
+
+    calls = []
+    paths = {name: (lambda name=name: calls.append(name) or f"{name}{len(calls)}") for name in ("a", "b")}
+    times, outputs = time_interleaved(paths, repeats=3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert outputs == {"a": "a5", "b": "b6"}
+    assert [len(times[n]) for n in ("a", "b")] == [3, 3] and all(t >= 0 for t in times["a"] + times["b"])

@@ -5,23 +5,8 @@ bit), and a game step with merged sampling leaving the reference log-probs uncha
 import pytest
 import torch
 
-from apo_online.backbone import LoraSettings, SharedBackbone
-from apo_online.config import ModelConfig
 from apo_online.merged_sampling import adapted_layers, folded_into_weights
-from apo_online.model_loading import load_causal_lm
 from conftest import make_game
-
-
-@pytest.fixture
-def backbone(tiny_model_path):
-    torch.manual_seed(0)
-    lm, tokenizer = load_causal_lm(ModelConfig(model_name_or_path="tiny-llama"))
-    bb = SharedBackbone.build(lm, LoraSettings(r=4, alpha=8))
-    with torch.no_grad():  # LoRA B starts at 0: make the policy adapter change every output
-        for name, param in bb.peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.5)
-    return bb, tokenizer
 
 
 def sample(bb, merged: bool, seed: int = 3):
@@ -50,8 +35,8 @@ def lora_calls(bb, merged: bool) -> tuple[int, tuple]:
     return len(calls), result
 
 
-def test_merged_sampling_gives_the_same_logits_and_tokens_without_running_the_adapter(backbone):
-    bb, _ = backbone
+def test_merged_sampling_gives_the_same_logits_and_tokens_without_running_the_adapter(adapted_backbone):
+    bb = adapted_backbone
     plain_calls, (plain_tokens, plain_logits) = lora_calls(bb, merged=False)
     merged_calls, (merged_tokens, merged_logits) = lora_calls(bb, merged=True)
     assert plain_calls > 0 and merged_calls == 0
@@ -71,8 +56,8 @@ def sample_reference(bb, seed: int = 3):
     return out.sequences, torch.stack(out.logits, 1)
 
 
-def test_folding_restores_the_base_exactly_and_the_roles(backbone):
-    bb, _ = backbone
+def test_folding_restores_the_base_exactly_and_the_roles(adapted_backbone):
+    bb = adapted_backbone
     before = base_weights(bb)
     pointers = {name: p.data_ptr() for name, p in bb.peft_model.named_parameters() if "lora_" not in name}
     for _ in range(3):
@@ -84,8 +69,8 @@ def test_folding_restores_the_base_exactly_and_the_roles(backbone):
     assert all(p.requires_grad for p in bb.role_parameters("reward"))  # disable_adapter's exit froze nothing
 
 
-def test_folding_is_undone_when_generation_fails(backbone):
-    bb, _ = backbone
+def test_folding_is_undone_when_generation_fails(adapted_backbone):
+    bb = adapted_backbone
     before = base_weights(bb)
     with pytest.raises(RuntimeError, match="boom"):
         with folded_into_weights(bb.peft_model, "policy") as folded:
@@ -97,8 +82,8 @@ def test_folding_is_undone_when_generation_fails(backbone):
     assert all(torch.equal(before[name], after[name]) for name in before)
 
 
-def test_every_adapted_layer_computes_with_its_merged_weight(backbone):
-    bb, _ = backbone
+def test_every_adapted_layer_computes_with_its_merged_weight(adapted_backbone):
+    bb = adapted_backbone
     layers = adapted_layers(bb.peft_model, "policy")
     assert len(layers) == 7 * bb.peft_model.get_base_model().config.num_hidden_layers  # q k v o gate up down
     originals = [layer.get_base_layer().weight.detach().clone() for layer in layers]

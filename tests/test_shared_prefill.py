@@ -5,22 +5,8 @@ with the policy adapter per token, folded into the weights, and for the referenc
 import pytest
 import torch
 
-from apo_online.backbone import LoraSettings, SharedBackbone
-from apo_online.config import ModelConfig
-from apo_online.model_loading import load_causal_lm
-from apo_online.shared_prefill import generate_sharing_prompts, left_padded_positions, shares_prompts
-
-
-@pytest.fixture
-def backbone(tiny_model_path):
-    torch.manual_seed(0)
-    lm, _ = load_causal_lm(ModelConfig(model_name_or_path="tiny-llama"))
-    bb = SharedBackbone.build(lm, LoraSettings(r=4, alpha=8))
-    with torch.no_grad():  # LoRA B starts at 0: make the policy adapter change every output
-        for name, param in bb.peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.5)
-    return bb
+from apo_online.data.canonical import position_ids_from_mask
+from apo_online.shared_prefill import generate_sharing_prompts, shares_prompts
 
 
 # left-padded: rows of 5, 3 and 1 real tokens
@@ -37,12 +23,12 @@ def draw(generate, seed=3):
 
 
 def test_left_padded_positions_match_generate():
-    assert left_padded_positions(MASK).tolist() == [[0, 1, 2, 3, 4], [0, 0, 0, 1, 2], [0, 0, 0, 0, 0]]
+    assert position_ids_from_mask(MASK).tolist() == [[0, 1, 2, 3, 4], [0, 0, 0, 1, 2], [0, 0, 0, 0, 0]]
 
 
 @pytest.mark.parametrize("merged", [False, True])
-def test_the_same_tokens_and_logits_as_num_return_sequences(backbone, merged):
-    bb = backbone
+def test_the_same_tokens_and_logits_as_num_return_sequences(adapted_backbone, merged):
+    bb = adapted_backbone
     bb.merged_sampling = merged
     plain_tokens, plain_logits = draw(lambda kw: bb.generate(IDS, MASK, share_prompts=False, **kw))
     shared_tokens, shared_logits = draw(lambda kw: bb.generate(IDS, MASK, **kw))
@@ -51,36 +37,36 @@ def test_the_same_tokens_and_logits_as_num_return_sequences(backbone, merged):
     torch.testing.assert_close(shared_logits, plain_logits, rtol=1e-4, atol=1e-4)
 
 
-def test_the_reference_samples_the_same_way(backbone):
-    model = backbone.peft_model
-    with backbone.role("reference"):
+def test_the_reference_samples_the_same_way(adapted_backbone):
+    model = adapted_backbone.peft_model
+    with adapted_backbone.role("reference"):
         plain = draw(lambda kw: model.generate(input_ids=IDS, attention_mask=MASK, **kw))
         shared = draw(lambda kw: generate_sharing_prompts(model, IDS, MASK, **kw))
     assert torch.equal(shared[0], plain[0])
     torch.testing.assert_close(shared[1], plain[1], rtol=1e-4, atol=1e-4)
 
 
-def test_each_prompt_token_runs_once(backbone):
+def test_each_prompt_token_runs_once(adapted_backbone):
     """Rows x positions through the first layer for one new token: generate's copies run B * n * P prompt tokens;
     the shared prefill runs B * (P - 1), then generate the last prompt token of each of the B * n copies."""
     tokens = []
-    layer = backbone.peft_model.get_base_model().model.layers[0]
+    layer = adapted_backbone.peft_model.get_base_model().model.layers[0]
     hook = layer.register_forward_pre_hook(lambda _, args, kwargs: tokens.append(
         (args[0] if args else kwargs["hidden_states"]).shape[:2].numel()), with_kwargs=True)
     try:
         kwargs = dict(KWARGS, max_new_tokens=1, min_new_tokens=1)
-        backbone.generate(IDS, MASK, share_prompts=False, **kwargs)
+        adapted_backbone.generate(IDS, MASK, share_prompts=False, **kwargs)
         plain, tokens[:] = sum(tokens), []
-        backbone.generate(IDS, MASK, **kwargs)
+        adapted_backbone.generate(IDS, MASK, **kwargs)
         shared = sum(tokens)
     finally:
         hook.remove()
     assert plain == 3 * 4 * 5 and shared == 3 * (5 - 1) + 3 * 4
 
 
-def test_one_token_prompts_give_the_same_samples(backbone):
+def test_one_token_prompts_give_the_same_samples(adapted_backbone):
     ids, mask = IDS[:, -1:], MASK[:, -1:]
-    model = backbone.peft_model
+    model = adapted_backbone.peft_model
     plain = draw(lambda kw: model.generate(input_ids=ids, attention_mask=mask, **kw))
     shared = draw(lambda kw: generate_sharing_prompts(model, ids, mask, **kw))
     assert shared[0].shape == plain[0].shape == (12, 11)
@@ -91,14 +77,15 @@ def test_one_token_prompts_give_the_same_samples(backbone):
 @pytest.mark.parametrize("change", [dict(num_return_sequences=1), dict(do_sample=False), dict(num_beams=2),
                                     dict(cache_implementation="static"), dict(output_hidden_states=True),
                                     dict(output_attentions=True)])
-def test_settings_the_shared_prefill_cannot_serve_keep_transformers_path(backbone, change):
+def test_settings_the_shared_prefill_cannot_serve_keep_transformers_path(adapted_backbone, change):
     kwargs = dict(KWARGS, **change)
     n = kwargs.pop("num_return_sequences")
-    assert shares_prompts(backbone.peft_model, 4, dict(KWARGS)) and not shares_prompts(backbone.peft_model, n, kwargs)
+    model = adapted_backbone.peft_model
+    assert shares_prompts(model, 4, dict(KWARGS)) and not shares_prompts(model, n, kwargs)
 
 
-def test_a_static_cache_in_the_models_generation_config_keeps_transformers_path(backbone):
-    model = backbone.peft_model
+def test_a_static_cache_in_the_models_generation_config_keeps_transformers_path(adapted_backbone):
+    model = adapted_backbone.peft_model
     model.generation_config.cache_implementation = "static"
     try:
         assert not shares_prompts(model, 4, dict(KWARGS))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import time
+from typing import Any, Callable
 
 from apo_online.recipes import full_game_yaml
 
@@ -111,6 +113,20 @@ def reset_peak_rss() -> None:
     """VmHWM := VmRSS (Linux), so that the next VmHWM is the peak of what runs from now on."""
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")
+
+
+def time_interleaved(paths: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, list[float]], dict]:
+    """Each of two or more paths called `repeats` times, their order reversed every other repeat so that a drift of
+    the machine falls on all alike: (path -> the seconds of each call, path -> its last call's output)."""
+    names = list(paths)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    outputs: dict[str, Any] = {}
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            started = time.perf_counter()
+            outputs[name] = paths[name]()
+            times[name].append(time.perf_counter() - started)
+    return times, outputs
 
 
 def peak_cuda_mb() -> float | None:

@@ -159,6 +159,12 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as generate derives them: the first real token gets 0, padding 0 too (it is
+    masked). attention_mask [B, L] -> [B, L]."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def right_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[[ids]] -> (input_ids [B, L] right-padded, attention_mask [B, L])."""
     length = max(1, max(len(s) for s in sequences))
