@@ -18,7 +18,9 @@ and seed the final and peak gold score, KL, the RM's agreement with the judge on
 fraction and response length (the mechanism: APO once taught the policy to stop finishing); paired differences over
 seeds (mean, 95% t-interval, sign test, minimum detectable effect) at the last step, on the gold-vs-sqrt(KL)
 frontier (Gao et al. 2022), where each seed's curve is read at the same sqrt(KL) for both arms, and of the final EOS
-fraction and length ("mechanism").
+fraction and length ("mechanism"); and for arms whose RM is updated, is the adversary ahead ("adversary"): per seed
+the mean over the run's updates of the gold-minus-sample margin on held-out prompts the RM never trained on
+(rm/heldout_gold_minus_sample) and on its own training batch (rm/gold_minus_sample), with a 95% t-interval over seeds.
 """
 
 from __future__ import annotations
@@ -129,6 +131,42 @@ def load_runs(folders: list[Path]) -> dict[str, dict[int, list[dict]]]:
     return runs
 
 
+ADVERSARY_MARGINS = ("rm/heldout_gold_minus_sample", "rm/gold_minus_sample")  # logged after each RM update
+
+
+def load_margins(folders: list[Path], arms: list[str]) -> dict[str, dict[int, dict[str, list[float]]]]:
+    """arm -> seed -> margin key -> its value after each RM update, for finished runs that logged any."""
+    margins: dict[str, dict[int, dict[str, list[float]]]] = {}
+    for root in folders:
+        for metrics in sorted(root.glob("*/seed_*/metrics.jsonl")):
+            arm, seed = metrics.parent.parent.name, int(metrics.parent.name.removeprefix("seed_"))
+            if arm not in arms or not finished(metrics.parent):
+                continue
+            rows = read_metrics(metrics)
+            logged = {key: [r[key] for r in rows if key in r] for key in ADVERSARY_MARGINS}
+            if any(logged.values()):
+                margins.setdefault(arm, {})[seed] = logged
+    return margins
+
+
+def adversary_summary(margins: dict[str, dict[int, dict[str, list[float]]]]) -> dict:
+    """Per arm and margin: each seed's mean over its updates and the share of updates with the gold ahead, and the
+    mean over seeds with its 95% t-interval (a seed is one observation: updates of one run are not independent)."""
+    result = {}
+    for arm, seeds in sorted(margins.items()):
+        result[arm] = {}
+        for key in ADVERSARY_MARGINS:
+            per_seed = {s: values[key] for s, values in sorted(seeds.items()) if values[key]}
+            if not per_seed:
+                continue
+            means = [float(np.mean(v)) for v in per_seed.values()]
+            result[arm][key] = {"seeds": list(per_seed), "updates": [len(v) for v in per_seed.values()],
+                                "seed_means": means,
+                                "share_positive": [float(np.mean(np.array(v) > 0)) for v in per_seed.values()],
+                                "mean": float(np.mean(means)), "ci95": list(t_interval(means))}
+    return result
+
+
 def frontier_points(evals: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """(sqrt(KL) [E], gold gain over step 0 [E]) of one run's evaluations (KL clipped at 0: k1 can dip below)."""
     d = np.sqrt(np.clip([r["eval/kl"] for r in evals], 0.0, None))
@@ -233,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise SystemExit(f"no finished runs of {', '.join(arms)} under {args.runs or [output]} "
                          f"(<arm>/seed_<k>/metrics.jsonl with final/config.yaml)")
     result = summarise(runs)
+    result["adversary"] = adversary_summary(load_margins([Path(f) for f in (args.runs or [output])], list(runs)))
     output.mkdir(parents=True, exist_ok=True)
     write_json(output / "summary.json", result)
     study_figures(runs, result, output)
@@ -252,6 +291,11 @@ def format_report(result: dict) -> str:
     for kind, name, p in rows:
         lines.append(f"{kind:16}{name:28} {p['mean']:+.3f}  95% CI [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]  "
                      f"sign p {p['sign_test_p']:.3f}  n {p['n_seeds']}  MDE {p['min_detectable_effect']:.3f}")
+    for arm, keys in result.get("adversary", {}).items():
+        for key, m in keys.items():
+            lines.append(f"{'adversary':16}{arm + ' ' + key.removeprefix('rm/'):40} {m['mean']:+.3f}  95% CI "
+                         f"[{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}]  seeds {len(m['seeds'])}  updates "
+                         f"{sum(m['updates'])}  gold ahead {np.mean(m['share_positive']):.2f} of updates")
     return "\n".join(lines)
 
 

@@ -94,6 +94,30 @@ def test_partial_studies_merge_and_a_seed_twice_is_refused(tmp_path):
         load_runs([tmp_path / "a", tmp_path / "c"])
 
 
+def test_adversary_margins_by_hand(tmp_path):
+    """Is the adversary ahead: each seed's mean margin over its RM updates, then a t-interval over seeds; runs without
+    updates (frozen) and unfinished runs have no entry."""
+    from eval.study import adversary_summary, load_margins
+
+    updates = {1: [-1.0, 1.0, 3.0], 2: [2.0, 4.0], 3: [0.5, -0.5]}  # seed means 1, 3, 0; positive 2/3, 2/2, 1/2
+    for seed, margins in updates.items():
+        rows = [{"step": k + 1, "rm/heldout_gold_minus_sample": m, "rm/gold_minus_sample": -m}
+                for k, m in enumerate(margins)]
+        _write_run(tmp_path, "apo_ppo", seed, _evals([0.0], [-4.0]) + rows)
+    _write_run(tmp_path, "apo_ppo", 4, [{"step": 1, "rm/heldout_gold_minus_sample": 9.0}], finished=False)
+    _write_run(tmp_path, "frozen_ppo", 1, _evals([0.0, 1.0], [-4.0, -3.0]))
+    result = adversary_summary(load_margins([tmp_path], ["apo_ppo", "frozen_ppo"]))
+    assert list(result) == ["apo_ppo"]
+    heldout = result["apo_ppo"]["rm/heldout_gold_minus_sample"]
+    assert heldout["seeds"] == [1, 2, 3] and heldout["updates"] == [3, 2, 2]
+    assert heldout["seed_means"] == pytest.approx([1.0, 3.0, 0.0]) and heldout["mean"] == pytest.approx(4 / 3)
+    assert heldout["share_positive"] == pytest.approx([2 / 3, 1.0, 0.5])
+    half = 4.302653 * math.sqrt(7 / 3) / math.sqrt(3)  # seed means 1, 3, 0: sd sqrt(7/3), t_{2, 0.975}
+    assert heldout["ci95"] == pytest.approx([4 / 3 - half, 4 / 3 + half], abs=1e-5)
+    assert result["apo_ppo"]["rm/gold_minus_sample"]["mean"] == pytest.approx(-4 / 3)
+    assert load_margins([tmp_path], ["frozen_ppo"]) == {}
+
+
 @pytest.mark.slow
 def test_two_arms_two_seeds_two_steps_on_the_tiny_model(tmp_path, tiny_model_path):
     from eval import study
