@@ -58,8 +58,9 @@ ARMS = {  # name -> (recipe, overrides)
     # the ceiling: PPO on the hidden judge's score (reward.terms judge; no RM at all). Judged testbeds only
     "oracle_ppo": ("apo_ppo", ["--reward.terms", "judge"]),
 }
-PAIRED = [("apo_ppo", "frozen_ppo"), ("apo_ppo", "pairs_only_ppo"), ("apo_rjs", "frozen_rjs"),
-          ("apo_grpo", "frozen_grpo"), ("oracle_ppo", "frozen_ppo")]
+# pairs_only_ppo - frozen_ppo: does refitting on the human pairs alone help the policy (the probe's best refit)?
+PAIRED = [("apo_ppo", "frozen_ppo"), ("apo_ppo", "pairs_only_ppo"), ("pairs_only_ppo", "frozen_ppo"),
+          ("apo_rjs", "frozen_rjs"), ("apo_grpo", "frozen_grpo"), ("oracle_ppo", "frozen_ppo")]
 GAO_FORMS = {"ppo": "rl", "rjs": "bon", "grpo": "rl"}  # d(alpha - beta log d) for RL, d(alpha - beta d) for best-of-n
 
 

@@ -54,6 +54,16 @@ def test_paired_summary_by_hand():
     assert result["arms"]["apo_ppo"]["final_gold"] == [-3.0, -2.0, -1.0, 0.0, 1.0]
 
 
+def test_pairs_only_is_compared_with_frozen_too():
+    from eval.study import summarise
+
+    runs = {"pairs_only_ppo": {s: _evals([0.0, 1.0], [-4.0, -3.5 + s / 10]) for s in (1, 2)},
+            "frozen_ppo": {s: _evals([0.0, 1.0], [-4.0, -3.5]) for s in (1, 2, 3)}}
+    result = summarise(runs)
+    assert list(result["paired"]) == ["pairs_only_ppo-frozen_ppo"]
+    assert result["paired"]["pairs_only_ppo-frozen_ppo"]["differences"] == pytest.approx([0.1, 0.2])
+
+
 def _not_json(token):
     raise ValueError(f"{token} is not JSON")
 
