@@ -113,22 +113,27 @@ def run_study(arms: list[str], seeds: list[int], output_dir: Path, jobs: int, ov
 # ----------------------------------------------------------------------------------------------------------------------
 # summarise
 # ----------------------------------------------------------------------------------------------------------------------
+def run_metrics_files(folders: list[Path]):
+    """(arm, seed, path of its metrics.jsonl) of every run under the study folders (<arm>/seed_<k>/), in order."""
+    for root in folders:
+        for metrics in sorted(root.glob("*/seed_*/metrics.jsonl")):
+            yield metrics.parent.parent.name, int(metrics.parent.name.removeprefix("seed_")), metrics
+
+
 def load_runs(folders: list[Path]) -> dict[str, dict[int, list[dict]]]:
     """arm -> seed -> the evaluation records (metrics.jsonl lines with eval/gold_score), from every folder.
 
     Unfinished runs are left out (named on stdout): their last evaluation is not the final one."""
     runs: dict[str, dict[int, list[dict]]] = {}
-    for root in folders:
-        for metrics in sorted(root.glob("*/seed_*/metrics.jsonl")):
-            arm, seed = metrics.parent.parent.name, int(metrics.parent.name.removeprefix("seed_"))
-            if not finished(metrics.parent):
-                print(f"{metrics.parent}: unfinished, left out", flush=True)
-                continue
-            evals = [r for r in read_metrics(metrics) if "eval/gold_score" in r]
-            if seed in runs.get(arm, {}):
-                raise SystemExit(f"{metrics}: {arm} seed {seed} is in two of the merged folders")
-            if evals:
-                runs.setdefault(arm, {})[seed] = evals
+    for arm, seed, metrics in run_metrics_files(folders):
+        if not finished(metrics.parent):
+            print(f"{metrics.parent}: unfinished, left out", flush=True)
+            continue
+        evals = [r for r in read_metrics(metrics) if "eval/gold_score" in r]
+        if seed in runs.get(arm, {}):
+            raise SystemExit(f"{metrics}: {arm} seed {seed} is in two of the merged folders")
+        if evals:
+            runs.setdefault(arm, {})[seed] = evals
     return runs
 
 
@@ -138,15 +143,13 @@ ADVERSARY_MARGINS = ("rm/heldout_gold_minus_sample", "rm/gold_minus_sample")  # 
 def load_margins(folders: list[Path], arms: list[str]) -> dict[str, dict[int, dict[str, list[float]]]]:
     """arm -> seed -> margin key -> its value after each RM update, for finished runs that logged any."""
     margins: dict[str, dict[int, dict[str, list[float]]]] = {}
-    for root in folders:
-        for metrics in sorted(root.glob("*/seed_*/metrics.jsonl")):
-            arm, seed = metrics.parent.parent.name, int(metrics.parent.name.removeprefix("seed_"))
-            if arm not in arms or not finished(metrics.parent):
-                continue
-            rows = read_metrics(metrics)
-            logged = {key: [r[key] for r in rows if key in r] for key in ADVERSARY_MARGINS}
-            if any(logged.values()):
-                margins.setdefault(arm, {})[seed] = logged
+    for arm, seed, metrics in run_metrics_files(folders):
+        if arm not in arms or not finished(metrics.parent):
+            continue
+        rows = read_metrics(metrics)
+        logged = {key: [r[key] for r in rows if key in r] for key in ADVERSARY_MARGINS}
+        if any(logged.values()):
+            margins.setdefault(arm, {})[seed] = logged
     return margins
 
 
